@@ -1,0 +1,59 @@
+"""fastims: stream camera frames into Imaris (.ims) and BigDataViewer (HDF5 + XML) files.
+
+The public names are imported lazily so that ``import fastims`` stays fast and never
+compiles or imports numba; the first use of a name loads its module.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from fastims._version import __version__
+from fastims.errors import FastimsError, FormatError, UnsupportedFormatError, WriterStateError
+
+# public name -> module that defines it
+_LAZY = {
+    "downsample": "fastims.pyramid",
+    "Histogram": "fastims.histogram",
+    "warmup": "fastims._dispatch",
+    "ImsWriter": "fastims.ims.writer",
+    "write_ims": "fastims.ims.writer",
+    "ImsReader": "fastims.ims.reader",
+    "read_ims": "fastims.ims.reader",
+    "BdvWriter": "fastims.bdv.writer",
+    "write_bdv": "fastims.bdv.writer",
+    "BdvEditor": "fastims.bdv.editor",
+    "BdvReader": "fastims.bdv.reader",
+    "read_bdv": "fastims.bdv.reader",
+    "open": "fastims.reader",
+}
+
+__all__ = [
+    "__version__",
+    "FastimsError",
+    "FormatError",
+    "UnsupportedFormatError",
+    "WriterStateError",
+    *_LAZY,
+]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from fastims._dispatch import warmup
+    from fastims.histogram import Histogram
+    from fastims.ims.reader import ImsReader, read_ims
+    from fastims.ims.writer import ImsWriter, write_ims
+    from fastims.pyramid import downsample
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fastims' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

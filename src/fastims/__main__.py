@@ -1,0 +1,3 @@
+from fastims.cli import main
+
+raise SystemExit(main())

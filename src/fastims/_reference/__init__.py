@@ -1,0 +1,20 @@
+"""Pure-NumPy twins of the compiled kernels: same names, same signatures, same results.
+
+They are the test oracle and the fallback when ``FASTIMS_KERNELS=reference``.
+"""
+
+from fastims._reference.chunks import gather_chunk, shuffle, unshuffle
+from fastims._reference.downsample import downsample_bdv, downsample_imaris
+from fastims._reference.histogram import hist_binned, hist_u8, hist_u16, minmax_finite
+
+__all__ = [
+    "downsample_bdv",
+    "downsample_imaris",
+    "gather_chunk",
+    "hist_binned",
+    "hist_u8",
+    "hist_u16",
+    "minmax_finite",
+    "shuffle",
+    "unshuffle",
+]
