@@ -4,8 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import tempfile
+
 import numpy as np
 import pytest
+from hypothesis import configuration as _hyp_config
+from hypothesis import settings
+
+# hypothesis keeps state in the working directory by default: keep it in a temp dir instead
+_hyp_config.set_hypothesis_home_dir(tempfile.mkdtemp(prefix="fastims-hypothesis-"))
+settings.register_profile("fastims", database=None, deadline=None, max_examples=60)
+settings.load_profile("fastims")
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
 
