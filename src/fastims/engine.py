@@ -1,0 +1,546 @@
+"""The format-agnostic streaming engine shared by the Imaris and BDV writers.
+
+Frames of one stream (a (t, c) of Imaris, a view of BDV) are copied into a chunk-deep *slab*
+of level 0. A complete slab fans out into tasks on a thread pool whose kernels release the
+GIL: a histogram update, the chunks of each chunk row (gather + zero-pad + shuffle + codec),
+and the block-mean downsampling of the slab into the slab of each level computed from it;
+a complete lower-level slab fans out the same way. Finished chunks go to one writer thread,
+the only thread that calls HDF5 (h5py serialises every HDF5 call anyway), which stores them
+with ``write_direct_chunk``: no filter pipeline, no partial-chunk rewrites, no re-reading.
+
+Memory: slab and chunk buffers come from a pool and are reused (fresh pages cost ~8x more
+than warm ones on the VMs we target). The caller blocks in ``write`` while the bytes held by
+slabs and queued chunks exceed ``memory_limit`` and work is in flight (back-pressure); it
+never blocks when nothing is in flight, so an out-of-order stream cannot deadlock.
+
+The engine knows nothing about formats: adapters create the datasets (through
+:meth:`Engine.call`, in the writer thread), describe the levels with :class:`LevelSpec` and
+receive each finished stream's histograms through a callback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fastims import _dispatch
+from fastims.compression import Codec
+from fastims.errors import WriterStateError
+from fastims.histogram import Histogram
+from fastims.pyramid import downsampled_shape
+
+__all__ = ["Engine", "LevelSpec", "Stream", "default_memory_limit"]
+
+logger = logging.getLogger("fastims")
+
+_MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class LevelSpec:
+    """One resolution level of a stream.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        True (Z, Y, X) size of the level.
+    chunks : tuple of int
+        (Z, Y, X) chunk shape; the level's slab is one chunk deep.
+    source : int or None
+        Index of the level this one is computed from (None for level 0).
+    factors : tuple of int
+        (fz, fy, fx) block-mean factors relative to `source`.
+    """
+
+    shape: tuple[int, int, int]
+    chunks: tuple[int, int, int]
+    source: int | None = None
+    factors: tuple[int, int, int] = (1, 1, 1)
+
+
+def default_memory_limit() -> int:
+    """Default in-flight budget: 1 GiB, or a quarter of physical memory when smaller."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        total = 8 << 30
+    return int(min(1 << 30, total // 4))
+
+
+class _Slab:
+    __slots__ = ("index", "z0", "depth", "buf", "filled", "refs")
+
+    def __init__(self, index: int, z0: int, depth: int, buf: np.ndarray) -> None:
+        self.index = index
+        self.z0 = z0
+        self.depth = depth  # valid planes (the last slab may be shallower than a chunk)
+        self.buf = buf
+        self.filled = 0
+        self.refs = 0
+
+
+class _Level:
+    __slots__ = ("spec", "nslabs", "slabs", "done", "hist", "children", "dataset")
+
+    def __init__(self, spec: LevelSpec, dataset: Any, dtype: np.dtype, histogram: bool) -> None:
+        self.spec = spec
+        self.nslabs = -(-spec.shape[0] // spec.chunks[0])
+        self.slabs: dict[int, _Slab] = {}
+        self.done = 0
+        self.hist = Histogram(dtype) if histogram else None
+        self.children: list[int] = []
+        self.dataset = dataset
+
+
+class Stream:
+    """One (Z, Y, X) image and its pyramid, fed plane by plane; created by :meth:`Engine.open_stream`."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        key: Hashable,
+        *,
+        dtype: np.dtype,
+        levels: Sequence[LevelSpec],
+        datasets: Sequence[Any],
+        codec: Codec,
+        rule: str,
+        histograms: bool,
+        on_done: Callable[[Stream], None] | None,
+    ) -> None:
+        self.engine = engine
+        self.key = key
+        self.dtype = np.dtype(dtype)
+        self.codec = codec
+        self.rule = rule
+        self.on_done = on_done
+        self.lock = threading.Lock()
+        self.levels = [_Level(s, d, self.dtype, histograms) for s, d in zip(levels, datasets)]
+        for i, lv in enumerate(self.levels):
+            if lv.spec.source is not None:
+                self.levels[lv.spec.source].children.append(i)
+        self.written = np.zeros(levels[0].shape[0], dtype=bool)
+        self.finished = False
+        self._downsample = _dispatch.kernel(f"downsample_{rule}")
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.levels[0].spec.shape
+
+    @property
+    def histograms(self) -> list[Histogram | None]:
+        """Per-level histograms (final once the stream is finished)."""
+        return [lv.hist for lv in self.levels]
+
+    def missing_planes(self) -> np.ndarray:
+        """Indices of level-0 planes not written yet."""
+        return np.flatnonzero(~self.written)
+
+    # -- slab bookkeeping (stream lock held) ------------------------------------------------
+
+    def _slab(self, li: int, index: int) -> _Slab:
+        lv = self.levels[li]
+        slab = lv.slabs.get(index)
+        if slab is None:
+            cz = lv.spec.chunks[0]
+            z0 = index * cz
+            depth = min(cz, lv.spec.shape[0] - z0)
+            buf = self.engine._acquire((cz, lv.spec.shape[1], lv.spec.shape[2]), self.dtype)
+            slab = lv.slabs[index] = _Slab(index, z0, depth, buf)
+        return slab
+
+
+class Engine:
+    """Thread pool + single HDF5 writer thread + buffer pool, shared by a writer's streams.
+
+    Parameters
+    ----------
+    max_workers : int, optional
+        Encoding/downsampling threads (default: the number of CPUs).
+    memory_limit : int, optional
+        Bytes that slabs and queued chunks may hold before ``write`` blocks
+        (default :func:`default_memory_limit`).
+    """
+
+    def __init__(self, *, max_workers: int | None = None, memory_limit: int | None = None) -> None:
+        if max_workers is not None and (not isinstance(max_workers, int) or max_workers < 1):
+            raise ValueError(f"max_workers must be a positive integer, got {max_workers!r}")
+        if memory_limit is not None and (not isinstance(memory_limit, int) or memory_limit < 1):
+            raise ValueError(f"memory_limit must be a positive number of bytes, got {memory_limit!r}")
+        self.max_workers = max_workers or os.cpu_count() or 1
+        self.memory_limit = memory_limit or default_memory_limit()
+        self._pool = ThreadPoolExecutor(self.max_workers, thread_name_prefix="fastims-worker")
+        self._queue: queue.Queue = queue.Queue()
+        self._cv = threading.Condition()
+        self._pending = 0  # tasks and writer items not finished yet
+        self._mem = 0  # bytes held by slabs in use and chunks waiting for the writer
+        self._free: dict[tuple, list[np.ndarray]] = {}
+        self._free_bytes = 0
+        self._error: BaseException | None = None
+        self._local = threading.local()
+        self._closed = False
+        self._writer = threading.Thread(target=self._writer_loop, name="fastims-hdf5", daemon=True)
+        self._writer.start()
+
+    # -- error handling ----------------------------------------------------------------------
+
+    @property
+    def error(self) -> BaseException | None:
+        """The first exception raised by a worker or the writer thread, if any."""
+        return self._error
+
+    def _fail(self, exc: BaseException) -> None:
+        with self._cv:
+            if self._error is None:
+                self._error = exc
+                logger.error("fastims background task failed: %r", exc)
+            self._cv.notify_all()
+
+    def check(self) -> None:
+        """Re-raise, in the caller's thread, the first error of a background task."""
+        if self._error is not None:
+            raise self._error
+
+    # -- the writer thread -------------------------------------------------------------------
+
+    def _writer_loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            kind = item[0]
+            try:
+                if kind == "chunk":
+                    _, dataset, offset, payload, nbytes, release = item
+                    try:
+                        if self._error is None:
+                            dataset.id.write_direct_chunk(offset, payload)
+                    finally:
+                        if release is not None:
+                            self._release(release)
+                        with self._cv:
+                            self._mem -= nbytes
+                else:
+                    _, fn, args, kwargs, fut = item
+                    if fut is not None:
+                        if fut.set_running_or_notify_cancel():
+                            try:
+                                fut.set_result(fn(*args, **kwargs))
+                            except BaseException as exc:  # handed to the caller by call()
+                                fut.set_exception(exc)
+                    else:
+                        fn(*args, **kwargs)
+            except BaseException as exc:
+                self._fail(exc)
+            finally:
+                self._done_one()
+
+    def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run `fn` in the writer thread (the only one that touches HDF5) and return its result."""
+        fut: Future = Future()
+        self._put(("call", fn, args, kwargs, fut))
+        return fut.result()
+
+    def post(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """Queue `fn` for the writer thread without waiting; errors surface via :meth:`check`."""
+        self._put(("call", fn, args, kwargs, None))
+
+    def _put(self, item: tuple) -> None:
+        if self._closed:
+            raise WriterStateError("the engine is closed")
+        with self._cv:
+            self._pending += 1
+        self._queue.put(item)
+
+    def _done_one(self) -> None:
+        with self._cv:
+            self._pending -= 1
+            self._cv.notify_all()
+
+    # -- buffers -----------------------------------------------------------------------------
+
+    def _wait_for_room(self, nbytes: int) -> None:
+        """Back-pressure for the caller: wait while the budget is exceeded and work is in flight.
+
+        Called without any stream lock held (workers take stream locks, then this condition).
+        """
+        with self._cv:
+            while self._mem + nbytes > self.memory_limit and self._pending > 0 and self._error is None:
+                self._cv.wait()
+
+    def _acquire(self, shape: tuple, dtype: np.dtype) -> np.ndarray:
+        """A buffer from the pool (warm when possible); never blocks."""
+        key = (shape, np.dtype(dtype).str)
+        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        with self._cv:
+            free = self._free.get(key)
+            buf = free.pop() if free else None
+            if buf is not None:
+                self._free_bytes -= nbytes
+            self._mem += nbytes
+        if buf is None:
+            buf = np.empty(shape, dtype=dtype)
+        return buf
+
+    def _release(self, buf: np.ndarray) -> None:
+        with self._cv:
+            self._mem -= buf.nbytes
+            # keep warm buffers for reuse as long as the whole stays within budget
+            if self._mem + self._free_bytes + buf.nbytes <= self.memory_limit:
+                self._free.setdefault((buf.shape, buf.dtype.str), []).append(buf)
+                self._free_bytes += buf.nbytes
+            self._cv.notify_all()
+
+    def _scratch(self, name: str, shape: tuple, dtype: Any) -> np.ndarray:
+        """A per-thread reusable buffer (one per worker thread, never shared)."""
+        store = self._local.__dict__.setdefault("scratch", {})
+        key = (name, shape, np.dtype(dtype).str)
+        buf = store.get(key)
+        if buf is None:
+            buf = store[key] = np.empty(shape, dtype=dtype)
+        return buf
+
+    # -- tasks -------------------------------------------------------------------------------
+
+    def _submit(self, fn: Callable[..., None], *args: Any) -> None:
+        with self._cv:
+            self._pending += 1
+        self._pool.submit(self._run, fn, args)
+
+    def _run(self, fn: Callable[..., None], args: tuple) -> None:
+        try:
+            if self._error is None:
+                fn(*args)
+        except BaseException as exc:
+            self._fail(exc)
+        finally:
+            self._done_one()
+
+    def wait(self) -> None:
+        """Block until every queued task and chunk write has finished; re-raise task errors."""
+        with self._cv:
+            while self._pending > 0:
+                self._cv.wait()
+        self.check()
+
+    def close(self) -> None:
+        """Wait for the work in flight, then stop the threads (errors are not raised here)."""
+        if self._closed:
+            return
+        with self._cv:
+            while self._pending > 0:
+                self._cv.wait()
+        self._closed = True
+        self._queue.put(None)
+        self._writer.join()
+        self._pool.shutdown(wait=True)
+        self._free.clear()
+        self._free_bytes = 0
+
+    # -- streams -----------------------------------------------------------------------------
+
+    def open_stream(
+        self,
+        key: Hashable,
+        *,
+        dtype: Any,
+        levels: Sequence[LevelSpec],
+        datasets: Sequence[Any],
+        codec: Codec,
+        rule: str,
+        histograms: bool = True,
+        on_done: Callable[[Stream], None] | None = None,
+    ) -> Stream:
+        """Describe one image and its pyramid.
+
+        `datasets` holds one object per level whose ``.id`` is the h5py dataset id by the time
+        the writer thread stores the level's first chunk (an h5py Dataset, or a holder filled
+        by a job posted to the writer thread before the first write).
+        """
+        if len(levels) != len(datasets) or not levels:
+            raise ValueError("need one dataset per level and at least one level")
+        for i, spec in enumerate(levels):
+            if i == 0:
+                if spec.source is not None:
+                    raise ValueError("level 0 cannot have a source level")
+                continue
+            if spec.source is None or not 0 <= spec.source < i:
+                raise ValueError(f"level {i} must be computed from an earlier level, got source {spec.source}")
+            src = levels[spec.source]
+            expect = downsampled_shape(src.shape, spec.factors, rule=rule)
+            if tuple(spec.shape) != tuple(expect):
+                raise ValueError(f"level {i} shape {spec.shape} != {rule} downsampling of {src.shape} by {spec.factors}: {expect}")
+            fz = spec.factors[0]
+            if src.chunks[0] % fz:
+                raise ValueError(f"level {spec.source} chunk depth {src.chunks[0]} is not a multiple of the z factor {fz} of level {i}")
+        return Stream(self, key, dtype=np.dtype(dtype), levels=levels, datasets=datasets, codec=codec,
+                      rule=rule, histograms=histograms, on_done=on_done)
+
+    def write(self, stream: Stream, z0: int, block: np.ndarray) -> None:
+        """Copy planes ``block[i]`` to plane ``z0 + i`` of level 0; complete slabs start their tasks.
+
+        The caller validates shape and dtype; this raises for planes written twice.
+        """
+        self.check()
+        n = block.shape[0]
+        lv = stream.levels[0]
+        cz = lv.spec.chunks[0]
+        slab_bytes = cz * lv.spec.shape[1] * lv.spec.shape[2] * stream.dtype.itemsize
+        z = z0
+        while z < z0 + n:
+            index = z // cz
+            end = min((index + 1) * cz, z0 + n)
+            with stream.lock:
+                if stream.written[z:end].any():
+                    twice = (np.flatnonzero(stream.written[z:end]) + z).tolist()
+                    raise WriterStateError(f"stream {stream.key}: plane(s) {twice} written twice")
+                is_new = index not in lv.slabs
+            if is_new:
+                self._wait_for_room(slab_bytes)
+                self.check()
+            with stream.lock:
+                # only the caller fills level 0, so nobody else touches this slab's planes
+                slab = stream._slab(0, index)
+                np.copyto(slab.buf[z - slab.z0 : end - slab.z0], block[z - z0 : end - z0])
+                stream.written[z:end] = True
+                slab.filled += end - z
+                complete = slab.filled == slab.depth
+                if complete:
+                    del lv.slabs[index]
+            if complete:
+                self._complete(stream, 0, slab)
+            z = end
+
+    def finish(self, stream: Stream, *, zero_fill: bool) -> list[int]:
+        """Complete a stream whose planes may be missing: zero-fill them if `zero_fill`.
+
+        Returns the missing level-0 plane indices (nothing is filled when `zero_fill` is false
+        and planes are missing).
+        """
+        missing = stream.missing_planes().tolist()
+        if missing and zero_fill:
+            zeros = None
+            for z in missing:
+                if zeros is None:
+                    zeros = np.zeros((1, *stream.shape[1:]), dtype=stream.dtype)
+                self.write(stream, z, zeros)
+        return missing
+
+    def _complete(self, stream: Stream, li: int, slab: _Slab) -> None:
+        """Fan out the tasks of a full slab: histogram, chunk rows, downsampling into children."""
+        lv = stream.levels[li]
+        spec = lv.spec
+        _, cy, cx = spec.chunks
+        nrows = -(-spec.shape[1] // cy)
+        jobs: list[tuple[Callable[..., None], tuple]] = []
+        if lv.hist is not None:
+            jobs.append((self._task_histogram, (stream, li, slab)))
+        for iy in range(nrows):
+            jobs.append((self._task_chunks, (stream, li, slab, iy)))
+        for ci in lv.children:
+            jobs.append((self._task_downsample, (stream, li, slab, ci)))
+        slab.refs = len(jobs)
+        for fn, args in jobs:
+            self._submit(fn, *args)
+
+    def _unref(self, stream: Stream, li: int, slab: _Slab) -> None:
+        with stream.lock:
+            slab.refs -= 1
+            if slab.refs:
+                return
+            lv = stream.levels[li]
+            lv.done += 1
+            finished = all(level.done == level.nslabs for level in stream.levels)
+            if finished:
+                stream.finished = True
+        self._release(slab.buf)
+        if finished and stream.on_done is not None:
+            stream.on_done(stream)
+
+    def _task_histogram(self, stream: Stream, li: int, slab: _Slab) -> None:
+        try:
+            stream.levels[li].hist.update(slab.buf[: slab.depth])
+        finally:
+            self._unref(stream, li, slab)
+
+    def _task_chunks(self, stream: Stream, li: int, slab: _Slab, iy: int) -> None:
+        try:
+            lv = stream.levels[li]
+            cz, cy, cx = lv.spec.chunks
+            nx = lv.spec.shape[2]
+            codec = stream.codec
+            gather = _dispatch.kernel("gather_chunk")
+            src = _gather_view(slab.buf[: slab.depth])
+            # resolved to .id by the writer thread, which may create the dataset lazily
+            dataset = lv.dataset
+            for ix in range(-(-nx // cx)):
+                if self._error is not None:
+                    return
+                offset = (slab.z0, iy * cy, ix * cx)
+                if codec.compression is None:
+                    # the chunk itself is the payload: it must live until the writer stored it
+                    chunk = self._acquire((cz, cy, cx), src.dtype)
+                    gather(src, 0, iy * cy, ix * cx, chunk)
+                    self._enqueue_chunk(dataset, offset, chunk, 0, chunk)
+                else:
+                    chunk = self._scratch("chunk", (cz, cy, cx), src.dtype)
+                    gather(src, 0, iy * cy, ix * cx, chunk)
+                    scratch = self._scratch("shuffle", (chunk.nbytes,), np.uint8) if codec.shuffle else None
+                    payload = codec.encode(chunk, scratch=scratch)
+                    self._enqueue_chunk(dataset, offset, payload, len(payload), None)
+        finally:
+            self._unref(stream, li, slab)
+
+    def _enqueue_chunk(self, dataset: Any, offset: tuple, payload: Any, nbytes: int, release: np.ndarray | None) -> None:
+        with self._cv:
+            self._pending += 1
+            self._mem += nbytes
+        self._queue.put(("chunk", dataset, offset, payload, nbytes, release))
+
+    def _task_downsample(self, stream: Stream, li: int, slab: _Slab, ci: int) -> None:
+        try:
+            child = stream.levels[ci]
+            fz, fy, fx = child.spec.factors
+            zc = child.spec.shape[0]
+            ccz = child.spec.chunks[0]
+            # child planes this slab produces: whole groups of fz planes (floor rule drops a
+            # trailing partial group; the bdv rule keeps it, replicating its last plane)
+            k0 = slab.z0 // fz
+            end = slab.z0 + slab.depth
+            k1 = min(zc, end // fz if stream.rule == "imaris" else -(-end // fz))
+            k = k0
+            while k < k1:
+                index = k // ccz
+                kend = min(k1, (index + 1) * ccz)
+                with stream.lock:
+                    cslab = stream._slab(ci, index)
+                s0 = k * fz - slab.z0
+                s1 = min(kend * fz, end) - slab.z0
+                stream._downsample(
+                    slab.buf[s0:s1], cslab.buf[k - cslab.z0 : kend - cslab.z0], fz, fy, fx
+                )
+                with stream.lock:
+                    cslab.filled += kend - k
+                    complete = cslab.filled == cslab.depth
+                    if complete:
+                        del child.slabs[index]
+                if complete:
+                    self._complete(stream, ci, cslab)
+                k = kend
+        finally:
+            self._unref(stream, li, slab)
+
+
+def _gather_view(a: np.ndarray) -> np.ndarray:
+    """Unsigned-integer view of `a` for the byte-width-generic gather kernel."""
+    if a.dtype.kind == "u":
+        return a
+    return a.view(f"u{a.dtype.itemsize}")

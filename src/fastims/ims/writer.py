@@ -1,0 +1,549 @@
+"""Imaris (.ims) writer: the Imaris adapter on the streaming engine.
+
+The adapter only knows group paths, attributes and metadata (format notes:
+``shared/spec/imaris.md``, from ImarisWriter's sources and the Imaris 5.5 file format PDF).
+Levels and chunk shapes follow ImarisWriter's layout rules (:mod:`fastims.ims.layout`), each
+level is the truncating 2x block mean of the level above (``rule="imaris"``), histograms and
+attributes are ImarisWriter's encodings. Unlike ImarisWriter, the root attributes and
+``DataSetInfo`` are written when the file opens and refreshed by :meth:`ImsWriter.flush`, so a
+file whose acquisition dies still opens.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+import threading
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fastims._version import __version__
+from fastims.compression import Codec
+from fastims.engine import Engine, LevelSpec, Stream
+from fastims.errors import WriterStateError
+from fastims.histogram import Histogram
+from fastims.ims.attrs import format_datetime, format_extent, format_float, write_attr_str, write_attr_u32
+from fastims.ims.color import DEFAULT_COLORS, auto_color_range, format_color
+from fastims.ims.layout import imaris_levels
+from fastims.ims.thumbnail import make_thumbnail, thumbnail_level
+
+__all__ = ["ImsWriter", "write_ims"]
+
+logger = logging.getLogger("fastims")
+
+_DTYPES = ("uint8", "uint16", "uint32", "float32")
+_UNITS = ("m", "mm", "um", "nm")
+
+
+class _DatasetRef:
+    """Holder of a dataset created later by the writer thread (the engine reads ``.id``)."""
+
+    __slots__ = ("id",)
+
+    def __init__(self) -> None:
+        self.id: Any = None
+
+
+def _level_path(r: int, t: int, c: int) -> str:
+    return f"DataSet/ResolutionLevel {r}/TimePoint {t}/Channel {c}"
+
+
+class ImsWriter:
+    """Stream frames into an Imaris 5.5 (.ims) file with its pyramid, histograms and metadata.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Output file.
+    shape : tuple of int
+        (T, C, Z, Y, X).
+    dtype : str or numpy.dtype
+        uint8, uint16 or float32 (uint32 is written with a warning: Imaris cannot open it).
+    voxel_size : tuple of float
+        (z, y, x) voxel size in `unit`.
+    unit : str
+        "m", "mm", "um" or "nm".
+    compression : {None, "gzip", "lz4"}
+        Codec of every chunk (encoded in parallel, declared on the datasets).
+    compression_level : int
+        gzip level 1-9 (default 2, as Imaris); see :class:`fastims.compression.Codec` for
+        how levels map to the deflate encoder.
+    shuffle : bool
+        Byte-shuffle before the codec (applied to 2- and 4-byte integers only, as ImarisWriter).
+    channel_names, channel_colors, color_ranges : sequence, optional
+        Per channel: a name, an (r, g, b) colour in 0-1, a (min, max) display range
+        (default: automatic from the histograms, as ImarisWriter).
+    timepoints : sequence of datetime.datetime, optional
+        Acquisition time of each time point (default: when its first frame was written).
+    max_workers : int, optional
+        Encoding threads (default: number of CPUs).
+    memory_limit : int, optional
+        Bytes of slabs and queued chunks before `write_plane` blocks (back-pressure).
+    overwrite : bool
+        Replace an existing file; otherwise an existing `path` raises FileExistsError.
+    allow_incomplete : bool
+        At close, zero-fill planes never written (with a warning) instead of raising.
+    name, description : str, optional
+        ``DataSetInfo/Image`` Name and Description.
+    origin : tuple of float
+        (z, y, x) position of the outer corner of the first voxel (``ExtMin``).
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "a.ims")
+    >>> with ImsWriter(path, shape=(1, 1, 4, 32, 32), dtype="uint16") as w:
+    ...     for z in range(4):
+    ...         w.write_plane(np.full((32, 32), z, np.uint16), z=z)
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        shape: Sequence[int],
+        dtype: Any,
+        voxel_size: Sequence[float] = (1.0, 1.0, 1.0),
+        unit: str = "um",
+        compression: str | None = "gzip",
+        compression_level: int = 2,
+        shuffle: bool = False,
+        channel_names: Sequence[str] | None = None,
+        channel_colors: Sequence[Sequence[float]] | None = None,
+        color_ranges: Sequence[Sequence[float]] | None = None,
+        timepoints: Sequence[_dt.datetime] | None = None,
+        max_workers: int | None = None,
+        memory_limit: int | None = None,
+        overwrite: bool = False,
+        allow_incomplete: bool = False,
+        name: str | None = None,
+        description: str | None = None,
+        origin: Sequence[float] = (0.0, 0.0, 0.0),
+    ) -> None:
+        self.path = Path(os.fspath(path))
+        self.shape = _validate_shape(shape)
+        nt, nc, nz, ny, nx = self.shape
+        self.dtype = np.dtype(dtype)
+        if self.dtype.name not in _DTYPES:
+            raise TypeError(f"dtype must be one of {_DTYPES}, got {self.dtype}")
+        if self.dtype.name == "uint32":
+            warnings.warn("uint32 .ims files are written, but Imaris cannot open them", UserWarning, stacklevel=2)
+        self.voxel_size = _validate_floats("voxel_size", voxel_size, 3, positive=True)
+        self.origin = _validate_floats("origin", origin, 3, positive=False)
+        if unit not in _UNITS:
+            raise ValueError(f"unit must be one of {_UNITS}, got {unit!r}")
+        self.unit = unit
+        self.codec = Codec.create(compression, level=compression_level, shuffle=shuffle, dtype=self.dtype)
+        self.channel_names = _per_channel("channel_names", channel_names, nc, [f"Channel {c}" for c in range(nc)])
+        for n in self.channel_names:
+            _ascii("channel name", n)
+        colors = _per_channel("channel_colors", channel_colors, nc,
+                              [DEFAULT_COLORS[c % len(DEFAULT_COLORS)] for c in range(nc)])
+        self.channel_colors = [_validate_floats("channel colour", col, 3, positive=False) for col in colors]
+        for col in self.channel_colors:
+            if not all(0.0 <= v <= 1.0 for v in col):
+                raise ValueError(f"channel colours are (r, g, b) in 0..1, got {col}")
+        self._fixed_ranges = None
+        if color_ranges is not None:
+            ranges = _per_channel("color_ranges", color_ranges, nc, None)
+            self._fixed_ranges = [_validate_floats("color range", r, 2, positive=False) for r in ranges]
+        self._times: list[_dt.datetime | None] = [None] * nt
+        if timepoints is not None:
+            times = list(timepoints)
+            if len(times) != nt or not all(isinstance(x, _dt.datetime) for x in times):
+                raise ValueError(f"timepoints must be {nt} datetime.datetime values")
+            if any(b <= a for a, b in zip(times, times[1:])):
+                raise ValueError("timepoints must be strictly increasing (Imaris requires it)")
+            self._times = times
+        self.name = _ascii("name", name if name is not None else "(name not specified)")
+        self.description = _ascii("description", description if description is not None else "(description not specified)")
+        self.allow_incomplete = bool(allow_incomplete)
+        self.levels = imaris_levels((nz, ny, nx), self.dtype, ntimepoints=nt)
+        self._specs = [
+            LevelSpec(lv.shape, lv.chunks, None if r == 0 else r - 1, tuple(lv.factors))
+            for r, lv in enumerate(self.levels)
+        ]
+        if self.path.exists() and not overwrite:
+            raise FileExistsError(f"{self.path} exists; pass overwrite=True to replace it")
+        if self.path.is_dir():
+            raise IsADirectoryError(f"{self.path} is a directory")
+
+        self._lock = threading.Lock()
+        self._streams: dict[tuple[int, int], Stream] = {}
+        self._channel_hist = [Histogram(self.dtype) for _ in range(nc)]
+        self._closed = False
+        self._file: Any = None
+        self._engine = Engine(max_workers=max_workers, memory_limit=memory_limit)
+        try:
+            self._engine.call(self._open_file)
+        except BaseException:
+            self._engine.close()
+            raise
+
+    # -- public API ----------------------------------------------------------------------
+
+    @property
+    def level_shapes(self) -> list[tuple[int, int, int]]:
+        """(Z, Y, X) of every resolution level."""
+        return [lv.shape for lv in self.levels]
+
+    @property
+    def chunks(self) -> list[tuple[int, int, int]]:
+        """(Z, Y, X) chunk shape of every resolution level."""
+        return [lv.chunks for lv in self.levels]
+
+    def write_plane(self, frame: np.ndarray, *, t: int = 0, c: int = 0, z: int) -> None:
+        """Write one (Y, X) frame as plane `z` of time point `t`, channel `c`.
+
+        Blocks (back-pressure) while the in-flight budget is exhausted.
+        """
+        frame = np.asarray(frame)
+        if frame.ndim != 2:
+            raise ValueError(f"write_plane takes a (Y, X) frame, got shape {frame.shape}")
+        self.write(frame[None], t=t, c=c, z=z)
+
+    def write(self, block: np.ndarray, *, t: int = 0, c: int = 0, z: int = 0) -> None:
+        """Write a (Z', Y, X) slab as planes ``z .. z + Z' - 1`` of time point `t`, channel `c`."""
+        self._check_open()
+        block = np.asarray(block)
+        nt, nc, nz, ny, nx = self.shape
+        if block.ndim != 3 or block.shape[1:] != (ny, nx):
+            raise ValueError(f"expected a (Z', {ny}, {nx}) block, got shape {block.shape}")
+        if block.dtype != self.dtype:
+            raise TypeError(f"expected {self.dtype} data, got {block.dtype} (convert it explicitly)")
+        _check_index("t", t, nt)
+        _check_index("c", c, nc)
+        if not (isinstance(z, (int, np.integer)) and 0 <= z and z + block.shape[0] <= nz):
+            raise IndexError(f"planes z={z}..{z + block.shape[0] - 1} out of range 0..{nz - 1}")
+        if block.shape[0] == 0:
+            return
+        stream = self._stream(int(t), int(c))
+        self._engine.write(stream, int(z), block)
+
+    def flush(self) -> None:
+        """Wait for every complete slab to be stored, refresh metadata and flush the file."""
+        self._check_open()
+        self._engine.wait()
+        self._engine.call(self._write_metadata, final=False)
+        self._engine.call(self._file.flush)
+
+    def close(self) -> None:
+        """Finish the pyramid, histograms, metadata and thumbnail, and close the file.
+
+        Raises
+        ------
+        WriterStateError
+            When planes were never written (unless ``allow_incomplete=True``). The file is
+            still completed, with those planes zero-filled, and its log names them.
+        """
+        self._close(raising=True)
+
+    def __enter__(self) -> ImsWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        # on an exception in the with-block, finish the file but let that exception propagate
+        self._close(raising=exc_type is None)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<ImsWriter {str(self.path)!r} shape={self.shape} dtype={self.dtype} {self.codec.compression} ({state})>"
+
+    # -- internals (caller thread) -------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise WriterStateError(f"{self.path} is closed")
+        self._engine.check()
+
+    def _stream(self, t: int, c: int) -> Stream:
+        stream = self._streams.get((t, c))
+        if stream is not None:
+            return stream
+        with self._lock:
+            stream = self._streams.get((t, c))
+            if stream is None:
+                if self._times[t] is None:
+                    self._times[t] = _dt.datetime.now()
+                refs = [_DatasetRef() for _ in self.levels]
+                # FIFO: the writer creates the datasets before it stores any of their chunks
+                self._engine.post(self._create_datasets, t, c, refs)
+                stream = self._engine.open_stream(
+                    (t, c), dtype=self.dtype, levels=self._specs, datasets=refs, codec=self.codec,
+                    rule="imaris", histograms=True, on_done=self._stream_done,
+                )
+                self._streams[(t, c)] = stream
+        return stream
+
+    def _stream_done(self, stream: Stream) -> None:
+        # a worker thread: merge level 0 into the channel's histogram, queue the datasets
+        t, c = stream.key
+        hists = stream.histograms
+        with self._lock:
+            self._channel_hist[c].merge(hists[0])
+        self._engine.post(self._write_histograms, t, c, hists)
+
+    def _close(self, *, raising: bool) -> None:
+        if self._closed:
+            return
+        error: BaseException | None = None
+        try:
+            nt, nc = self.shape[:2]
+            missing: dict[tuple[int, int], list[int]] = {}
+            if self._engine.error is None:
+                for t in range(nt):
+                    for c in range(nc):
+                        stream = self._stream(t, c)
+                        gaps = stream.missing_planes().tolist()
+                        if gaps:
+                            missing[(t, c)] = gaps
+                            self._engine.finish(stream, zero_fill=True)
+            self._engine.wait()
+            self._missing = missing
+            self._engine.call(self._write_metadata, final=True)
+            if missing:
+                text = "; ".join(f"t={t} c={c} z={_ranges(g)}" for (t, c), g in missing.items())
+                if self.allow_incomplete:
+                    warnings.warn(f"{self.path}: planes never written were zero-filled: {text}", UserWarning, stacklevel=3)
+                else:
+                    error = WriterStateError(f"{self.path}: planes never written (zero-filled in the file): {text}")
+        except BaseException as exc:
+            error = exc
+        finally:
+            self._closed = True
+            try:
+                if self._file is not None:
+                    self._engine.call(self._file.close)
+            except BaseException as exc:  # keep the first error
+                error = error or exc
+            self._engine.close()
+        if error is not None:
+            if raising:
+                raise error
+            logger.warning("closing %s after an error: %r", self.path, error)
+
+    # -- writer thread: HDF5 only here ---------------------------------------------------
+
+    def _open_file(self) -> None:
+        import h5py
+
+        # libver v108 = ImarisWriter's HDF5 1.8 format (superblock v2)
+        self._file = f = h5py.File(self.path, "w", libver=("v108", "v108"))
+        write_attr_str(f, "ImarisDataSet", "ImarisDataSet")
+        write_attr_str(f, "ImarisVersion", "5.5.0")
+        write_attr_str(f, "DataSetDirectoryName", "DataSet")
+        write_attr_str(f, "DataSetInfoDirectoryName", "DataSetInfo")
+        write_attr_str(f, "ThumbnailDirectoryName", "Thumbnail")
+        write_attr_u32(f, "NumberOfDataSets", 1)
+        f.create_group("DataSet")
+        f.create_group("DataSetInfo")
+        self._missing = {}
+        self._write_metadata(final=False)
+        f.flush()
+
+    def _create_datasets(self, t: int, c: int, refs: list[_DatasetRef]) -> None:
+        for r, (lv, ref) in enumerate(zip(self.levels, refs)):
+            group = self._file.require_group(_level_path(r, t, c))
+            write_attr_str(group, "ImageSizeX", str(lv.shape[2]))
+            write_attr_str(group, "ImageSizeY", str(lv.shape[1]))
+            write_attr_str(group, "ImageSizeZ", str(lv.shape[0]))
+            ds = self.codec.create_dataset(group, "Data", shape=lv.padded_shape, dtype=self.dtype, chunks=lv.chunks)
+            ref.id = ds.id
+
+    def _write_histograms(self, t: int, c: int, hists: list[Histogram]) -> None:
+        for r, hist in enumerate(hists):
+            group = self._file[_level_path(r, t, c)]
+            h = hist.imaris()
+            for name in ("Histogram", "Histogram1024"):
+                if name in group:
+                    del group[name]
+            group.create_dataset("Histogram", data=np.asarray(h.hist256, dtype=np.uint64))
+            write_attr_str(group, "HistogramMin", format_float(h.hmin))
+            write_attr_str(group, "HistogramMax", format_float(h.hmax))
+            if h.hist1024 is not None:
+                group.create_dataset("Histogram1024", data=np.asarray(h.hist1024, dtype=np.uint64))
+                write_attr_str(group, "HistogramMin1024", format_float(h.hmin1024))
+                write_attr_str(group, "HistogramMax1024", format_float(h.hmax1024))
+
+    def _color_range(self, c: int) -> tuple[float, float]:
+        if self._fixed_ranges is not None:
+            return self._fixed_ranges[c]
+        hist = self._channel_hist[c]
+        if hist.count == 0:
+            if self.dtype.kind == "f":
+                return (0.0, 1.0)
+            return (0.0, float(min(np.iinfo(self.dtype).max, 65535)))
+        h = hist.imaris()
+        if h.hist1024 is not None:
+            return auto_color_range(h.hist1024, h.hmin1024, h.hmax1024)
+        return auto_color_range(h.hist256, h.hmin, h.hmax)
+
+    def _write_metadata(self, *, final: bool) -> None:
+        f = self._file
+        nt, nc, nz, ny, nx = self.shape
+        info = f.require_group("DataSetInfo")
+        image = info.require_group("Image")
+        dz, dy, dx = self.voxel_size
+        oz, oy, ox = self.origin
+        for axis, (o, d, n) in enumerate(((ox, dx, nx), (oy, dy, ny), (oz, dz, nz))):
+            write_attr_str(image, f"ExtMin{axis}", format_extent(o))
+            write_attr_str(image, f"ExtMax{axis}", format_extent(o + d * n))
+        write_attr_str(image, "X", str(nx))
+        write_attr_str(image, "Y", str(ny))
+        write_attr_str(image, "Z", str(nz))
+        write_attr_str(image, "Unit", self.unit)
+        write_attr_str(image, "Name", self.name)
+        write_attr_str(image, "Description", self.description)
+        times = [format_datetime(x) if x is not None else "" for x in self._times]
+        write_attr_str(image, "RecordingDate", times[0])
+        for axis in "XYZ":
+            write_attr_str(image, f"ResampleDimension{axis}", "true")
+        for c in range(nc):
+            ch = info.require_group(f"Channel {c}")
+            write_attr_str(ch, "Name", self.channel_names[c])
+            write_attr_str(ch, "Description", "(description not specified)")
+            write_attr_str(ch, "ColorMode", "BaseColor")
+            write_attr_str(ch, "Color", format_color(self.channel_colors[c]))
+            lo, hi = self._color_range(c)
+            write_attr_str(ch, "ColorRange", f"{format_float(lo)} {format_float(hi)}")
+            write_attr_str(ch, "ColorOpacity", format_float(1.0))
+            write_attr_str(ch, "GammaCorrection", format_float(1.0))
+        tinfo = info.require_group("TimeInfo")
+        write_attr_str(tinfo, "DatasetTimePoints", str(nt))
+        write_attr_str(tinfo, "FileTimePoints", str(nt))
+        for t, text in enumerate(times):
+            write_attr_str(tinfo, f"TimePoint{t + 1}", text)
+        ids = info.require_group("ImarisDataSet")
+        write_attr_str(ids, "Creator", "fastims")
+        write_attr_str(ids, "NumberOfImages", "1")
+        write_attr_str(ids, "Version", __version__)
+        log = info.require_group("Log")
+        entries = [f"incomplete: t={t} c={c} z={_ranges(g)} zero-filled" for (t, c), g in self._missing.items()]
+        write_attr_str(log, "Entries", str(len(entries)))
+        for i, entry in enumerate(entries):
+            write_attr_str(log, f"Entry{i}", entry)
+        if final:
+            self._write_thumbnail()
+        f.flush()
+
+    def _write_thumbnail(self) -> None:
+        r = thumbnail_level([lv.shape for lv in self.levels])
+        lz, ly, lx = self.levels[r].shape
+        nc = self.shape[1]
+        volumes = []
+        for c in range(nc):
+            ds = self._file[_level_path(r, 0, c)]["Data"]
+            volumes.append(ds[:lz, :ly, :lx])
+        thumb = make_thumbnail(
+            volumes,
+            colors=self.channel_colors,
+            color_ranges=[self._color_range(c) for c in range(nc)],
+            gammas=[1.0] * nc,
+            voxel_size_yx=(self.voxel_size[1], self.voxel_size[2]),
+        )
+        group = self._file.require_group("Thumbnail")
+        if "Data" in group:
+            del group["Data"]
+        group.create_dataset("Data", data=thumb)
+
+
+def write_ims(path: str | os.PathLike, data: np.ndarray, **options: Any) -> None:
+    """Write a (Z, Y, X), (C, Z, Y, X) or (T, C, Z, Y, X) array to an .ims file.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Output file.
+    data : numpy.ndarray
+        The image; its dtype is the file's dtype.
+    **options
+        Keyword options of :class:`ImsWriter` (except `shape` and `dtype`).
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "b.ims")
+    >>> write_ims(path, np.zeros((3, 16, 16), np.uint8), compression="lz4")
+    """
+    data = np.asarray(data)
+    if data.ndim == 3:
+        data = data[None, None]
+    elif data.ndim == 4:
+        data = data[None]
+    elif data.ndim != 5:
+        raise ValueError(f"data must be (Z, Y, X), (C, Z, Y, X) or (T, C, Z, Y, X), got shape {data.shape}")
+    for key in ("shape", "dtype"):
+        if key in options:
+            raise TypeError(f"write_ims takes {key} from the data; do not pass {key}=")
+    with ImsWriter(path, shape=data.shape, dtype=data.dtype, **options) as w:
+        for t in range(data.shape[0]):
+            for c in range(data.shape[1]):
+                w.write(data[t, c], t=t, c=c, z=0)
+
+
+# -- validation helpers ----------------------------------------------------------------------
+
+
+def _validate_shape(shape: Sequence[int]) -> tuple[int, int, int, int, int]:
+    try:
+        values = tuple(int(v) for v in shape)
+    except (TypeError, ValueError):
+        raise TypeError(f"shape must be 5 integers (T, C, Z, Y, X), got {shape!r}") from None
+    if len(values) != 5 or any(v != s for v, s in zip(values, shape)):
+        raise ValueError(f"shape must be 5 integers (T, C, Z, Y, X), got {shape!r}")
+    if min(values) < 1:
+        raise ValueError(f"every dimension of shape must be >= 1, got {values}")
+    return values  # type: ignore[return-value]
+
+
+def _validate_floats(name: str, values: Sequence[float], n: int, *, positive: bool) -> tuple[float, ...]:
+    try:
+        out = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be {n} numbers, got {values!r}") from None
+    if len(out) != n or not all(np.isfinite(out)):
+        raise ValueError(f"{name} must be {n} finite numbers, got {values!r}")
+    if positive and min(out) <= 0:
+        raise ValueError(f"{name} must be positive, got {values!r}")
+    return out
+
+
+def _per_channel(name: str, values: Sequence | None, nc: int, default: list | None) -> list:
+    if values is None:
+        return list(default) if default is not None else []
+    values = list(values)
+    if len(values) != nc:
+        raise ValueError(f"{name} needs one entry per channel ({nc}), got {len(values)}")
+    return values
+
+
+def _ascii(what: str, text: str) -> str:
+    if not isinstance(text, str):
+        raise TypeError(f"{what} must be a str, got {type(text).__name__}")
+    if not text.isascii():
+        raise ValueError(f"{what} must be ASCII (Imaris stores ASCII attributes): {text!r}")
+    return text
+
+
+def _check_index(name: str, value: Any, n: int) -> None:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or not 0 <= value < n:
+        raise IndexError(f"{name}={value!r} out of range 0..{n - 1}")
+
+
+def _ranges(indices: list[int]) -> str:
+    """Compact "0-3,7" text of sorted indices."""
+    parts = []
+    start = prev = indices[0]
+    for i in indices[1:] + [None]:  # type: ignore[list-item]
+        if i is not None and i == prev + 1:
+            prev = i
+            continue
+        parts.append(f"{start}-{prev}" if prev > start else f"{start}")
+        if i is not None:
+            start = prev = i
+    return ",".join(parts)
