@@ -445,6 +445,8 @@ class ImsWriter:
             color_ranges=[self._color_range(c) for c in range(nc)],
             gammas=[1.0] * nc,
             voxel_size_yx=(self.voxel_size[1], self.voxel_size[2]),
+            # level-0 physical extent: the aspect must not follow a level that halved only X or Y
+            extent_yx=(self.shape[3] * self.voxel_size[1], self.shape[4] * self.voxel_size[2]),
         )
         group = self._file.require_group("Thumbnail")
         if "Data" in group:

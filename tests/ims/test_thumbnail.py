@@ -1,0 +1,195 @@
+"""Thumbnail: ImarisWriter's level choice, size, sampling, colouring and MIP/middle choice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from fastims.ims import thumbnail as thumb_mod
+from fastims.ims.attrs import read_attr_float
+from fastims.ims.color import auto_color_range
+from fastims.ims.thumbnail import (
+    make_thumbnail,
+    thumbnail_level,
+    thumbnail_quality,
+    thumbnail_shape,
+)
+
+IW_BASE = "ims/imariswriter/u16_z33_y130_x260_shufflegzip2"
+
+
+def test_reproduces_imariswriter_thumbnail(fixtures_dir: Path) -> None:
+    volume = np.load(fixtures_dir / f"{IW_BASE}.npy")
+    with h5py.File(fixtures_dir / f"{IW_BASE}.ims", "r") as f:
+        expected = f["Thumbnail/Data"][()]
+        level0 = f["DataSet/ResolutionLevel 0/TimePoint 0/Channel 0"]
+        hist = level0["Histogram1024"][()]
+        hmax = read_attr_float(level0, "HistogramMax1024")
+        shapes = [
+            tuple(f[f"DataSet/ResolutionLevel {r}/TimePoint 0/Channel 0/Data"].shape)
+            for r in range(2)
+        ]
+        image = f["DataSetInfo/Image"]
+        ext = (read_attr_float(image, "ExtMax1"), read_attr_float(image, "ExtMax0"))
+    # level 1 (65 x 130) is smaller than 256, so ImarisWriter samples level 0
+    level_shapes = [(33, 130, 260), (16, 65, 130)]
+    assert [s[0] for s in shapes] == [64, 16]  # padded Data extents of the two levels
+    assert thumbnail_level(level_shapes) == 0
+    color_range = auto_color_range(hist, 0.0, hmax)
+    got = make_thumbnail(
+        [volume], colors=[(1.0, 0.0, 0.0)], color_ranges=[color_range], gammas=[1.0]
+    )
+    assert got.dtype == np.uint8
+    assert got.shape == expected.shape == (128, 1024)
+    np.testing.assert_array_equal(got, expected)
+    # the extent-based sizing gives the same result
+    same = make_thumbnail(
+        [volume], colors=[(1.0, 0.0, 0.0)], color_ranges=[color_range], extent_yx=ext
+    )
+    np.testing.assert_array_equal(same, expected)
+
+
+@pytest.mark.parametrize(
+    ("x", "y", "dataset_shape"),
+    [
+        (1023, 515, (129, 1024)),
+        (900, 700, (199, 1024)),
+        (200, 300, (256, 684)),
+        (256, 256, (256, 1024)),
+        (64, 64, (256, 1024)),
+        (260, 130, (128, 1024)),
+    ],
+)
+def test_shapes_seen_in_imariswriter_files(x: int, y: int, dataset_shape: tuple[int, int]) -> None:
+    h, w = thumbnail_shape((y, x))
+    assert (h, 4 * w) == dataset_shape
+    vol = np.zeros((1, y, x), np.uint16)
+    vol[0, y // 3 :, x // 2 :] = 1000
+    out = make_thumbnail([vol], colors=[(0.0, 1.0, 0.0)], color_ranges=[(0.0, 1000.0)])
+    assert out.shape == dataset_shape
+    rgba = out.reshape(h, w, 4)
+    assert (rgba[..., 3] == 255).all()
+    assert (rgba[..., 0] == 0).all() and (rgba[..., 2] == 0).all()
+    # nearest sampling: source x = ix * X // W, y = iy * Y // H
+    sx = np.arange(w) * x // w
+    sy = np.arange(h) * y // h
+    bright = (sy[:, None] >= y // 3) & (sx[None, :] >= x // 2)
+    np.testing.assert_array_equal(rgba[..., 1], np.where(bright, 255, 0))
+
+
+def test_anisotropic_voxels() -> None:
+    # Y voxels twice as large as X: the image is physically 200 x 100 (Y x X)
+    assert thumbnail_shape((100, 100), voxel_size_yx=(2.0, 1.0)) == (256, 128)
+    assert thumbnail_shape((100, 100), voxel_size_yx=(1.0, 4.0)) == (64, 256)
+    assert thumbnail_shape((100, 100), extent_yx=(50.0, 200.0)) == (64, 256)
+    assert thumbnail_shape((1, 5000)) == (1, 256)
+    assert thumbnail_shape((130, 260), size=128) == (64, 128)
+    with pytest.raises(ValueError):
+        thumbnail_shape((0, 5))
+    with pytest.raises(ValueError):
+        thumbnail_shape((5, 5), voxel_size_yx=(0.0, 1.0))
+
+
+def test_thumbnail_level() -> None:
+    # the lowest-resolution level with X and Y still >= 256
+    assert thumbnail_level([(37, 515, 1023), (37, 257, 511), (18, 128, 255)]) == 1
+    assert thumbnail_level([(100, 1024, 1024), (50, 512, 512), (25, 256, 256), (12, 128, 128)]) == 2
+    assert thumbnail_level([(1, 64, 64)]) == 0
+    assert thumbnail_level([(10, 200, 4000), (5, 100, 2000)]) == 0
+    assert thumbnail_level([(128, 2048, 2048), (64, 1024, 1024)]) == 1
+    assert thumbnail_level([(1, 300, 300), (1, 150, 150)], size=128) == 1
+    with pytest.raises(ValueError):
+        thumbnail_level([])
+
+
+def _ramp_volume() -> np.ndarray:
+    """A volume whose middle plane is a ramp and whose other planes saturate everywhere."""
+    vol = np.full((5, 40, 60), 4000, np.uint16)
+    vol[2] = np.linspace(0, 1000, 60, dtype=np.uint16)[None, :]
+    return vol
+
+
+def test_middle_plane_wins_when_mip_is_flat() -> None:
+    vol = _ramp_volume()
+    out = make_thumbnail([vol], colors=[(1, 1, 1)], color_ranges=[(0, 1000)])
+    h, w = thumbnail_shape((40, 60))
+    rgba = out.reshape(h, w, 4)
+    sx = np.arange(w) * 60 // w
+    ramp = vol[2, 0, sx].astype(np.float32)
+    expected = (np.clip(ramp / np.float32(1000), 0, 1) * np.float32(255)).astype(np.uint8)
+    np.testing.assert_array_equal(rgba[0, :, 0], expected)
+    assert rgba[..., 0].min() == 0
+
+
+def test_mip_wins_when_it_has_structure() -> None:
+    vol = np.zeros((7, 50, 50), np.uint16)
+    vol[1, :, :25] = 800  # not the middle plane (3): only the MIP sees it
+    out = make_thumbnail([vol], colors=[(1, 0, 0)], color_ranges=[(0, 800)])
+    rgba = out.reshape(256, 256, 4)
+    assert rgba[:, :128, 0].min() == 255 and rgba[:, 128:, 0].max() == 0
+    # quality: a flat image scores low, a half/half image scores higher
+    flat = np.zeros((10, 10, 4), np.uint8)
+    half = flat.copy()
+    half[:, :5, 0] = 255
+    assert thumbnail_quality(half) > thumbnail_quality(flat)
+    assert thumbnail_quality(flat) == pytest.approx(0.001 ** (2 / 3), rel=1e-5)
+
+
+def test_channels_combine_by_maximum() -> None:
+    a = np.zeros((3, 20, 20), np.uint16)
+    b = np.zeros((3, 20, 20), np.uint16)
+    a[1, :10] = 500  # top half, channel 0 (red), half range
+    b[1, 5:] = 1000  # rows 5.., channel 1 (yellow), full range
+    out = make_thumbnail(
+        [a, b], colors=[(1, 0, 0), (1, 1, 0)], color_ranges=[(0, 1000), (0, 1000)]
+    ).reshape(256, 256, 4)
+    sy = np.arange(256) * 20 // 256
+    row_a = sy < 10
+    row_b = sy >= 5
+    half = int(np.float32(0.5) * np.float32(255))
+    np.testing.assert_array_equal(out[:, 0, 0], np.where(row_b, 255, np.where(row_a, half, 0)))
+    np.testing.assert_array_equal(out[:, 0, 1], np.where(row_b, 255, 0))
+    assert (out[..., 2] == 0).all() and (out[..., 3] == 255).all()
+
+
+def test_float_volume_table_and_gamma() -> None:
+    vol = np.linspace(-1.0, 1.0, 4 * 30 * 30, dtype=np.float32).reshape(4, 30, 30)
+    table = np.array([[0, 0, 1], [0, 1, 0], [1, 0, 0]], np.float32)
+    out = make_thumbnail([vol], colors=[table], color_ranges=[(0.0, 1.0)], gammas=[2.0])
+    assert out.shape == (256, 1024)
+    rgba = out.reshape(256, 256, 4)
+    # every pixel is one of the table entries (times 255)
+    colours = {tuple(p) for p in rgba[..., :3].reshape(-1, 3).tolist()}
+    assert colours <= {(0, 0, 255), (0, 255, 0), (255, 0, 0)}
+    u32 = make_thumbnail([vol.view(np.uint32)], colors=[(1, 1, 1)], color_ranges=[(0, 2**32)])
+    assert u32.shape == (256, 1024)
+
+
+def test_h5py_input_and_slabs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(3)
+    vol = rng.integers(0, 3000, (9, 70, 90), dtype=np.uint16)
+    ref = make_thumbnail([vol], colors=[(0, 1, 1)], color_ranges=[(100, 2500)])
+    with h5py.File(tmp_path / "v.h5", "w") as f:
+        f["v"] = vol
+        monkeypatch.setattr(thumb_mod, "_SLAB_VOXELS", 1)  # one plane per read
+        got = make_thumbnail([f["v"]], colors=[(0, 1, 1)], color_ranges=[(100, 2500)])
+    np.testing.assert_array_equal(got, ref)
+    flat = make_thumbnail([vol[4]], colors=[(0, 1, 1)], color_ranges=[(100, 2500)])
+    assert flat.shape == ref.shape
+
+
+def test_validation() -> None:
+    vol = np.zeros((2, 8, 8), np.uint16)
+    with pytest.raises(ValueError):
+        make_thumbnail([], colors=[], color_ranges=[])
+    with pytest.raises(ValueError):
+        make_thumbnail([vol], colors=[(1, 0, 0), (0, 1, 0)], color_ranges=[(0, 1)])
+    with pytest.raises(ValueError):
+        make_thumbnail([vol, vol[:1]], colors=[(1, 0, 0)] * 2, color_ranges=[(0, 1)] * 2)
+    with pytest.raises(TypeError):
+        make_thumbnail([vol.astype(np.int16)], colors=[(1, 0, 0)], color_ranges=[(0, 1)])
+    with pytest.raises(ValueError):
+        make_thumbnail([vol[None]], colors=[(1, 0, 0)], color_ranges=[(0, 1)])
