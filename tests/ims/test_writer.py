@@ -289,9 +289,9 @@ def test_survives_a_crash_after_flush(tmp_path):
     code = textwrap.dedent(
         f"""
         import os, numpy as np, fastims
-        w = fastims.ImsWriter({str(path)!r}, shape=(1, 1, 16, 64, 64), dtype="uint16")
-        for z in range(8):
-            w.write_plane(np.full((64, 64), 7, np.uint16), z=z)
+        w = fastims.ImsWriter({str(path)!r}, shape=(2, 1, 16, 64, 64), dtype="uint16")
+        for z in range(16):  # time point 0 complete, time point 1 never comes
+            w.write_plane(np.full((64, 64), 7, np.uint16), t=0, z=z)
         w.flush()
         os._exit(0)  # the acquisition dies: no close()
         """
@@ -300,7 +300,9 @@ def test_survives_a_crash_after_flush(tmp_path):
     with h5py.File(path, "r") as f:
         assert _text(f.attrs["ImarisVersion"]) == "5.5.0"
         assert _text(f["DataSetInfo/Image"].attrs["Z"]) == "16"
-        assert (_level(f, 0)[:8] == 7).all()
+        assert (_level(f, 0, t=0) == 7).all()
+        g = f["DataSet/ResolutionLevel 0/TimePoint 0/Channel 0"]
+        assert g["Histogram"][...].sum() == 16 * 64 * 64
 
 
 def test_handles_closed(tmp_path):

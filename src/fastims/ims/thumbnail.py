@@ -207,7 +207,9 @@ def _colorize(
             lut8 = (lut * _f32(255)).astype(np.uint8)
             rgb8 = lut8[plane]
         else:
-            rgb8 = (color_values(plane, color, crange, gamma) * _f32(255)).astype(np.uint8)
+            # NaN voxels (kept in float data) are drawn black instead of an undefined cast
+            values = np.nan_to_num(color_values(plane, color, crange, gamma), nan=0.0)
+            rgb8 = (values * _f32(255)).astype(np.uint8)
         np.maximum(rgba, rgb8, out=rgba)
     return rgba
 

@@ -1,0 +1,20 @@
+"""Type stub for the compiled module :mod:`fastims._ext._chunks`."""
+
+from typing import TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+_Pixel = TypeVar("_Pixel", np.uint8, np.uint16, np.uint32, np.uint64, np.float32)
+
+def gather_chunk(
+    src: npt.NDArray[_Pixel], z0: int, y0: int, x0: int, out: npt.NDArray[_Pixel]
+) -> None:
+    """Copy ``src[z0:z0+cz, y0:y0+cy, x0:x0+cx]`` (C-contiguous 3-D) into C-contiguous `out`
+    of shape (cz, cy, cx) and the same dtype, writing zeros where the chunk lies beyond `src`."""
+
+def shuffle(src: npt.NDArray[np.uint8], itemsize: int, out: npt.NDArray[np.uint8]) -> None:
+    """HDF5 byte-shuffle (filter 2) of 1-D uint8 `src` into ``out[:len(src)]``."""
+
+def unshuffle(src: npt.NDArray[np.uint8], itemsize: int, out: npt.NDArray[np.uint8]) -> None:
+    """Inverse of :func:`shuffle` into ``out[:len(src)]``."""

@@ -1,0 +1,262 @@
+# cython: language_level=3
+"""Chunk gather/pad and HDF5 byte-shuffle kernels.
+
+``gather_chunk`` cuts one chunk out of a C-contiguous (Z, Y, X) slab and pads the part of the
+chunk that lies beyond the slab with zeros, as HDF5 edge chunks and Imaris' padded ``Data``
+need. ``shuffle``/``unshuffle`` implement HDF5's byte-shuffle filter (filter id 2,
+``H5Zshuffle.c``) bit for bit, including its handling of trailing bytes.
+
+All kernels assume validated, C-contiguous input, release the GIL for the copy and have a
+pure-NumPy twin of the same name and signature in :mod:`fastims._reference.chunks`. The typed
+memoryview arguments check dtype, rank and contiguity; the hot loops run on raw pointers in
+``noexcept nogil`` helpers, so no bounds or wraparound checks are generated there.
+"""
+
+cimport cython
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from libc.string cimport memcpy, memset
+
+# gather_chunk only moves bytes, so the element type merely fixes the item size; float32 is
+# listed so callers need not view it as uint32. Other dtypes of these widths (int16, ...)
+# can be passed as ``arr.view(np.uintN)``.
+ctypedef fused pixel_t:
+    uint8_t
+    uint16_t
+    uint32_t
+    uint64_t
+    float
+
+cdef enum:
+    # elements per block in the generic shuffle, so the strided source block stays in L1
+    _SHUFFLE_BLOCK = 2048
+
+
+# ---------------------------------------------------------------------------------------
+# gather + pad
+# ---------------------------------------------------------------------------------------
+
+cdef void _gather_bytes(
+    const char* src, Py_ssize_t sz, Py_ssize_t sy, Py_ssize_t sx,
+    Py_ssize_t z0, Py_ssize_t y0, Py_ssize_t x0,
+    char* out, Py_ssize_t cz, Py_ssize_t cy, Py_ssize_t cx,
+    Py_ssize_t itemsize,
+) noexcept nogil:
+    """Copy the in-bounds part of the chunk row by row; zero everything else."""
+    cdef Py_ssize_t row = cx * itemsize
+    cdef Py_ssize_t plane = cy * row
+    # the x overlap is the same for every row: [xa, xb) in source coordinates
+    cdef Py_ssize_t xa = x0 if x0 > 0 else 0
+    cdef Py_ssize_t xb = x0 + cx if x0 + cx < sx else sx
+    cdef Py_ssize_t lead, body, tail
+    cdef Py_ssize_t ya = y0 if y0 > 0 else 0
+    cdef Py_ssize_t yb = y0 + cy if y0 + cy < sy else sy
+    cdef Py_ssize_t k, j, z, y
+    cdef char* o
+    cdef const char* s
+    if xb <= xa or yb <= ya:
+        memset(out, 0, cz * plane)
+        return
+    lead = (xa - x0) * itemsize
+    body = (xb - xa) * itemsize
+    tail = row - lead - body
+    for k in range(cz):
+        z = z0 + k
+        o = out + k * plane
+        if z < 0 or z >= sz:
+            memset(o, 0, plane)
+            continue
+        # rows above / below the slab, as one memset each
+        if ya > y0:
+            memset(o, 0, (ya - y0) * row)
+        if y0 + cy > yb:
+            memset(o + (yb - y0) * row, 0, (y0 + cy - yb) * row)
+        s = src + ((z * sy + ya) * sx + xa) * itemsize
+        o = o + (ya - y0) * row
+        if lead == 0 and tail == 0 and body == sx * itemsize:
+            # chunk spans whole source rows: the in-bounds rows are one contiguous block
+            memcpy(o, s, (yb - ya) * row)
+            continue
+        for j in range(yb - ya):
+            if lead:
+                memset(o, 0, lead)
+            memcpy(o + lead, s, body)
+            if tail:
+                memset(o + lead + body, 0, tail)
+            o += row
+            s += sx * itemsize
+
+
+def gather_chunk(
+    const pixel_t[:, :, ::1] src,
+    Py_ssize_t z0,
+    Py_ssize_t y0,
+    Py_ssize_t x0,
+    pixel_t[:, :, ::1] out,
+) -> None:
+    """Copy ``src[z0:z0+cz, y0:y0+cy, x0:x0+cx]`` into `out`, zero-padding beyond `src`.
+
+    Parameters
+    ----------
+    src : ndarray, shape (Z, Y, X), C-contiguous
+        Source slab; uint8, uint16, uint32, uint64 or float32 (view other dtypes of these
+        widths as the unsigned type of the same width).
+    z0, y0, x0 : int
+        Chunk origin in `src` coordinates. Any value is allowed: voxels of the chunk that fall
+        outside `src` (including negative coordinates) are written as zeros.
+    out : ndarray, shape (cz, cy, cx), C-contiguous, same dtype as `src`
+        Destination chunk; every element is written. Must not overlap `src`.
+    """
+    cdef Py_ssize_t cz = out.shape[0], cy = out.shape[1], cx = out.shape[2]
+    cdef Py_ssize_t sz = src.shape[0], sy = src.shape[1], sx = src.shape[2]
+    cdef Py_ssize_t itemsize = sizeof(pixel_t)
+    cdef const char* sp = NULL
+    cdef char* op
+    if cz == 0 or cy == 0 or cx == 0:
+        return
+    op = <char*>&out[0, 0, 0]
+    if sz == 0 or sy == 0 or sx == 0:
+        # empty source: the whole chunk is padding (x range test below handles it)
+        sz = sy = sx = 0
+    else:
+        sp = <const char*>&src[0, 0, 0]
+    with nogil:
+        _gather_bytes(sp, sz, sy, sx, z0, y0, x0, op, cz, cy, cx, itemsize)
+
+
+# ---------------------------------------------------------------------------------------
+# HDF5 byte shuffle (filter id 2)
+# ---------------------------------------------------------------------------------------
+
+cdef void _shuffle2(const uint8_t* s, uint8_t* d, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef uint8_t* d1 = d + n
+    for i in range(n):
+        d[i] = s[2 * i]
+        d1[i] = s[2 * i + 1]
+
+
+cdef void _unshuffle2(const uint8_t* s, uint8_t* d, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef const uint8_t* s1 = s + n
+    for i in range(n):
+        d[2 * i] = s[i]
+        d[2 * i + 1] = s1[i]
+
+
+cdef void _shuffle4(const uint8_t* s, uint8_t* d, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef uint8_t* d1 = d + n
+    cdef uint8_t* d2 = d + 2 * n
+    cdef uint8_t* d3 = d + 3 * n
+    for i in range(n):
+        d[i] = s[4 * i]
+        d1[i] = s[4 * i + 1]
+        d2[i] = s[4 * i + 2]
+        d3[i] = s[4 * i + 3]
+
+
+cdef void _unshuffle4(const uint8_t* s, uint8_t* d, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef const uint8_t* s1 = s + n
+    cdef const uint8_t* s2 = s + 2 * n
+    cdef const uint8_t* s3 = s + 3 * n
+    for i in range(n):
+        d[4 * i] = s[i]
+        d[4 * i + 1] = s1[i]
+        d[4 * i + 2] = s2[i]
+        d[4 * i + 3] = s3[i]
+
+
+cdef void _shuffle_generic(
+    const uint8_t* s, uint8_t* d, Py_ssize_t n, Py_ssize_t k, bint reverse
+) noexcept nogil:
+    """Shuffle (or unshuffle) `n` elements of `k` bytes, blocked over elements."""
+    cdef Py_ssize_t start = 0, stop, i, j
+    while start < n:
+        stop = start + _SHUFFLE_BLOCK if start + _SHUFFLE_BLOCK < n else n
+        for j in range(k):
+            if reverse:
+                for i in range(start, stop):
+                    d[i * k + j] = s[j * n + i]
+            else:
+                for i in range(start, stop):
+                    d[j * n + i] = s[i * k + j]
+        start = stop
+
+
+@cython.cdivision(True)
+cdef void _shuffle_bytes(
+    const uint8_t* s, uint8_t* d, Py_ssize_t nbytes, Py_ssize_t k, bint reverse
+) noexcept nogil:
+    # H5Z_filter_shuffle: only whole elements are (un)shuffled, and only when there are at
+    # least two of them and k > 1; the nbytes % k trailing bytes are copied unchanged.
+    cdef Py_ssize_t n = nbytes // k
+    cdef Py_ssize_t body = n * k
+    if k <= 1 or n <= 1:
+        memcpy(d, s, nbytes)
+        return
+    if k == 2:
+        if reverse:
+            _unshuffle2(s, d, n)
+        else:
+            _shuffle2(s, d, n)
+    elif k == 4:
+        if reverse:
+            _unshuffle4(s, d, n)
+        else:
+            _shuffle4(s, d, n)
+    else:
+        _shuffle_generic(s, d, n, k, reverse)
+    if nbytes > body:
+        memcpy(d + body, s + body, nbytes - body)
+
+
+cdef int _check_shuffle_args(Py_ssize_t nsrc, Py_ssize_t itemsize, Py_ssize_t nout) except -1:
+    if itemsize < 1:
+        raise ValueError(f"itemsize must be >= 1, got {itemsize}")
+    if nout < nsrc:
+        raise ValueError(f"out has {nout} bytes, fewer than the {nsrc} bytes of src")
+    return 0
+
+
+def shuffle(const uint8_t[::1] src, Py_ssize_t itemsize, uint8_t[::1] out) -> None:
+    """Byte-shuffle `src` into `out` exactly as HDF5's shuffle filter (id 2) encodes.
+
+    Parameters
+    ----------
+    src : ndarray of uint8, 1-D, C-contiguous
+        Raw bytes of ``len(src) // itemsize`` elements, possibly followed by trailing bytes.
+    itemsize : int
+        Element size in bytes (the filter's ``cd_values[0]``).
+    out : ndarray of uint8, 1-D, C-contiguous
+        Receives the shuffled bytes in ``out[:len(src)]``; must not overlap `src`.
+        Byte ``b`` of element ``i`` goes to ``out[b * n + i]`` with ``n = len(src) // itemsize``;
+        trailing bytes are copied unchanged to the end. With ``itemsize == 1`` or fewer than
+        two whole elements, ``out`` is a plain copy (HDF5 leaves such buffers untouched).
+    """
+    cdef Py_ssize_t n = src.shape[0]
+    _check_shuffle_args(n, itemsize, out.shape[0])
+    if n == 0:
+        return
+    with nogil:
+        _shuffle_bytes(&src[0], &out[0], n, itemsize, False)
+
+
+def unshuffle(const uint8_t[::1] src, Py_ssize_t itemsize, uint8_t[::1] out) -> None:
+    """Invert :func:`shuffle` (HDF5 shuffle filter, read direction).
+
+    Parameters
+    ----------
+    src : ndarray of uint8, 1-D, C-contiguous
+        Shuffled bytes.
+    itemsize : int
+        Element size in bytes.
+    out : ndarray of uint8, 1-D, C-contiguous
+        Receives the element-interleaved bytes in ``out[:len(src)]``; must not overlap `src`.
+    """
+    cdef Py_ssize_t n = src.shape[0]
+    _check_shuffle_args(n, itemsize, out.shape[0])
+    if n == 0:
+        return
+    with nogil:
+        _shuffle_bytes(&src[0], &out[0], n, itemsize, True)

@@ -1,0 +1,200 @@
+"""Compiled chunk kernels (``fastims._ext._chunks``) vs their NumPy twins, bit for bit."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fastims._reference import chunks as ref
+
+ext = pytest.importorskip("fastims._ext._chunks", reason="compiled _chunks not built")
+
+GATHER_DTYPES = [np.uint8, np.uint16, np.uint32, np.uint64, np.float32]
+SETTINGS = settings(max_examples=150, deadline=None)
+
+
+def naive_gather(src: np.ndarray, origin: tuple[int, int, int], shape: tuple[int, ...]):
+    """Element-by-element oracle: chunk voxel = source voxel if inside the source, else 0."""
+    out = np.zeros(shape, src.dtype)
+    for idx in np.ndindex(*shape):
+        s = tuple(o + i for o, i in zip(origin, idx, strict=True))
+        if all(0 <= c < n for c, n in zip(s, src.shape, strict=True)):
+            out[idx] = src[s]
+    return out
+
+
+def naive_shuffle(data: bytes, itemsize: int) -> bytes:
+    """HDF5 H5Z_filter_shuffle written out literally (trailing bytes copied at the end)."""
+    n = len(data) // itemsize
+    if itemsize <= 1 or n <= 1:
+        return data
+    shuffled = bytes(data[i * itemsize + b] for b in range(itemsize) for i in range(n))
+    return shuffled + data[n * itemsize :]
+
+
+def random_array(rng: np.random.Generator, shape, dtype) -> np.ndarray:
+    raw = rng.integers(0, 256, size=int(np.prod(shape)) * np.dtype(dtype).itemsize, dtype=np.uint8)
+    return raw.view(dtype).reshape(shape)
+
+
+# ---------------------------------------------------------------------------------------
+# gather_chunk
+# ---------------------------------------------------------------------------------------
+
+
+@SETTINGS
+@given(
+    src_shape=st.tuples(*[st.integers(0, 7)] * 3),
+    chunk=st.tuples(*[st.integers(1, 6)] * 3),
+    origin=st.tuples(*[st.integers(-8, 10)] * 3),
+    dtype=st.sampled_from(GATHER_DTYPES),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_gather_matches_twin(src_shape, chunk, origin, dtype, seed):
+    rng = np.random.default_rng(seed)
+    src = random_array(rng, src_shape, dtype)
+    # pre-fill with garbage: every output element must be written
+    got = random_array(rng, chunk, dtype)
+    want = random_array(rng, chunk, dtype)
+    ext.gather_chunk(src, *origin, got)
+    ref.gather_chunk(src, *origin, want)
+    assert got.tobytes() == want.tobytes()
+    assert want.tobytes() == naive_gather(src, origin, chunk).tobytes()
+
+
+@pytest.mark.parametrize(
+    ("origin", "chunk"),
+    [
+        ((0, 0, 0), (4, 8, 8)),  # interior
+        ((8, 16, 24), (4, 8, 8)),  # last chunk: padded in every dim
+        ((0, 0, 0), (12, 20, 30)),  # chunk == source
+        ((0, 0, 0), (16, 32, 32)),  # chunk larger than source
+        ((2, 3, 0), (3, 5, 30)),  # whole-row fast path
+        ((12, 0, 0), (2, 4, 4)),  # fully outside in z
+        ((0, 20, 0), (2, 4, 4)),  # fully outside in y
+        ((0, 0, 30), (2, 4, 4)),  # fully outside in x
+        ((-1, -2, -3), (4, 4, 4)),  # negative origin: leading padding
+        ((11, 19, 29), (1, 1, 1)),  # single last voxel
+    ],
+)
+def test_gather_cases(origin, chunk, rng):
+    src = rng.integers(1, 60000, size=(12, 20, 30), dtype=np.uint16)
+    got = np.full(chunk, 7, np.uint16)
+    ext.gather_chunk(src, *origin, got)
+    np.testing.assert_array_equal(got, naive_gather(src, origin, chunk))
+
+
+def test_gather_float32_bits_preserved(rng):
+    bits = rng.integers(0, 2**32, size=(3, 4, 5), dtype=np.uint32)
+    bits[0, 0, :3] = [0x7FC00001, 0xFF800000, 0x80000000]  # NaN payload, -inf, -0.0
+    src = bits.view(np.float32)
+    out = np.empty((4, 4, 8), np.float32)
+    ext.gather_chunk(src, 0, 0, 0, out)
+    np.testing.assert_array_equal(out.view(np.uint32), naive_gather(bits, (0, 0, 0), (4, 4, 8)))
+
+
+def test_gather_empty_source_and_readonly_source():
+    out = np.ones((2, 2, 2), np.uint16)
+    ext.gather_chunk(np.zeros((0, 3, 3), np.uint16), 0, 0, 0, out)
+    assert not out.any()
+    src = np.frombuffer(np.arange(8, dtype=np.uint16).tobytes(), np.uint16).reshape(2, 2, 2)
+    ext.gather_chunk(src, 0, 0, 0, out)
+    np.testing.assert_array_equal(out, src)
+
+
+@pytest.mark.parametrize("fn", [ext.gather_chunk, ref.gather_chunk], ids=["ext", "ref"])
+def test_gather_rejects_bad_input(fn):
+    src = np.zeros((4, 4, 4), np.uint16)
+    with pytest.raises((TypeError, ValueError)):
+        fn(src, 0, 0, 0, np.zeros((2, 2, 2), np.uint8))  # dtype mismatch
+    with pytest.raises((TypeError, ValueError)):
+        fn(src, 0, 0, 0, np.zeros((2, 2, 4), np.uint16)[:, :, ::2])  # non-contiguous out
+    with pytest.raises((TypeError, ValueError)):
+        fn(src[:, :, ::2], 0, 0, 0, np.zeros((2, 2, 2), np.uint16))  # non-contiguous src
+    with pytest.raises(TypeError):
+        fn(np.zeros((4, 4), np.uint16), 0, 0, 0, np.zeros((2, 2, 2), np.uint16))  # 2-D
+    with pytest.raises(TypeError):
+        fn(np.zeros((4, 4, 4), np.int16), 0, 0, 0, np.zeros((2, 2, 2), np.int16))
+    readonly = np.zeros((2, 2, 2), np.uint16)
+    readonly.flags.writeable = False
+    with pytest.raises(ValueError):
+        fn(src, 0, 0, 0, readonly)
+
+
+# ---------------------------------------------------------------------------------------
+# shuffle / unshuffle
+# ---------------------------------------------------------------------------------------
+
+
+@SETTINGS
+@given(
+    data=st.binary(min_size=0, max_size=300),
+    itemsize=st.integers(1, 17),
+    slack=st.integers(0, 3),
+)
+def test_shuffle_matches_twin_and_hdf5_rule(data, itemsize, slack):
+    src = np.frombuffer(data, np.uint8)
+    got = np.full(len(data) + slack, 0xAB, np.uint8)
+    want = np.full(len(data) + slack, 0xAB, np.uint8)
+    ext.shuffle(src, itemsize, got)
+    ref.shuffle(src, itemsize, want)
+    assert got.tobytes() == want.tobytes()
+    assert got[: len(data)].tobytes() == naive_shuffle(data, itemsize)
+    assert not (got[len(data) :] != 0xAB).any()  # bytes beyond len(src) untouched
+
+    back = np.empty(len(data), np.uint8)
+    back_ref = np.empty(len(data), np.uint8)
+    ext.unshuffle(got[: len(data)], itemsize, back)
+    ref.unshuffle(got[: len(data)], itemsize, back_ref)
+    assert back.tobytes() == data
+    assert back_ref.tobytes() == data
+
+
+@pytest.mark.parametrize("itemsize", [2, 3, 4, 8, 16])
+@pytest.mark.parametrize("nbytes", [2**20, 2**20 + 5, 12345])
+def test_shuffle_large_matches_twin(itemsize, nbytes, rng):
+    # longer than the generic kernel's block, and with trailing bytes
+    src = rng.integers(0, 256, nbytes, dtype=np.uint8)
+    got, want = np.empty_like(src), np.empty_like(src)
+    ext.shuffle(src, itemsize, got)
+    ref.shuffle(src, itemsize, want)
+    np.testing.assert_array_equal(got, want)
+    ext.unshuffle(got, itemsize, want)
+    np.testing.assert_array_equal(want, src)
+
+
+def test_shuffle_trailing_bytes_literal():
+    src = np.arange(10, dtype=np.uint8)
+    out = np.empty(10, np.uint8)
+    ext.shuffle(src, 4, out)  # two whole elements + 2 trailing bytes
+    assert out.tolist() == [0, 4, 1, 5, 2, 6, 3, 7, 8, 9]
+    ext.shuffle(src[:7], 4, out)  # a single whole element: left untouched
+    assert out[:7].tolist() == list(range(7))
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint32, np.float32, np.uint64])
+def test_shuffle_equals_hdf5_filter(dtype, rng, tmp_path):
+    """Bytes HDF5's own shuffle filter stores == our shuffle of the chunk."""
+    data = random_array(rng, (3, 5, 7), dtype)
+    with h5py.File(tmp_path / "s.h5", "w") as f:
+        ds = f.create_dataset("d", data=data, chunks=data.shape, shuffle=True)
+        _, stored = ds.id.read_direct_chunk((0, 0, 0))
+    out = np.empty(data.nbytes, np.uint8)
+    ext.shuffle(data.reshape(-1).view(np.uint8), data.itemsize, out)
+    assert out.tobytes() == bytes(stored)
+
+
+@pytest.mark.parametrize("fn", [ext.shuffle, ext.unshuffle, ref.shuffle, ref.unshuffle])
+def test_shuffle_rejects_bad_input(fn):
+    src = np.zeros(8, np.uint8)
+    with pytest.raises(ValueError, match="itemsize"):
+        fn(src, 0, np.zeros(8, np.uint8))
+    with pytest.raises(ValueError, match="fewer"):
+        fn(src, 2, np.zeros(7, np.uint8))
+    with pytest.raises((TypeError, ValueError)):
+        fn(np.zeros(4, np.uint16), 2, np.zeros(8, np.uint8))
+    with pytest.raises((TypeError, ValueError)):
+        fn(np.zeros(16, np.uint8)[::2], 2, np.zeros(8, np.uint8))
