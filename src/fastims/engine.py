@@ -402,15 +402,18 @@ class Engine:
                 if stream.written[z:end].any():
                     twice = (np.flatnonzero(stream.written[z:end]) + z).tolist()
                     raise WriterStateError(f"stream {stream.key}: plane(s) {twice} written twice")
-                is_new = index not in lv.slabs
-            if is_new:
+                # reserve the planes now, so concurrent callers cannot both pass the check
+                stream.written[z:end] = True
+                slab = lv.slabs.get(index)
+            if slab is None:
                 self._wait_for_room(slab_bytes)
                 self.check()
+                with stream.lock:
+                    slab = stream._slab(0, index)
+            # the planes are reserved for this caller and workers see a slab only once it is
+            # complete, so the copy runs without the lock (workers keep their bookkeeping)
+            np.copyto(slab.buf[z - slab.z0 : end - slab.z0], block[z - z0 : end - z0])
             with stream.lock:
-                # only the caller fills level 0, so nobody else touches this slab's planes
-                slab = stream._slab(0, index)
-                np.copyto(slab.buf[z - slab.z0 : end - slab.z0], block[z - z0 : end - z0])
-                stream.written[z:end] = True
                 slab.filled += end - z
                 complete = slab.filled == slab.depth
                 if complete:

@@ -1,0 +1,50 @@
+"""Shared benchmark fixtures: a warm synthetic camera bank and an MB/s reporter.
+
+Run with ``python -m pytest benchmarks --benchmark-only``. Figures go to RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+
+import numpy as np
+import pytest
+
+FRAME = (2048, 2048)
+NBANK = 16
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    return [f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}"]
+
+
+@pytest.fixture(scope="session")
+def camera_bank() -> np.ndarray:
+    """16 distinct realistic 2048x2048 uint16 frames (blobs, shot noise, dark offset), warm."""
+    from fastims.synthetic import SyntheticCamera
+
+    cam = SyntheticCamera(FRAME, depth=NBANK * 8, dtype="uint16", seed=7)
+    bank = np.stack([cam.frame(8 * i) for i in range(NBANK)])
+    bank.sum()  # touch every page
+    return bank
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _warm_kernels() -> None:
+    import fastims
+
+    fastims.warmup()
+
+
+def _report(benchmark, nbytes: int, **extra) -> None:
+    """Record input MB/s from the median round, plus any extra figures."""
+    median = benchmark.stats.stats.median
+    benchmark.extra_info["MB/s"] = round(nbytes / 1e6 / median, 1)
+    benchmark.extra_info.update(extra)
+
+
+@pytest.fixture
+def report():
+    """``report(benchmark, input_bytes, **extra)`` stores MB/s of input in extra_info."""
+    return _report
