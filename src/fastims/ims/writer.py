@@ -332,6 +332,9 @@ class ImsWriter:
     def _open_file(self) -> None:
         import h5py
 
+        # replace rather than truncate: ext4 flushes a truncated-and-rewritten file on close
+        # (auto_da_alloc), which would stall close() for as long as the disk takes
+        self.path.unlink(missing_ok=True)
         # libver v108 = ImarisWriter's HDF5 1.8 format (superblock v2)
         self._file = f = h5py.File(self.path, "w", libver=("v108", "v108"))
         write_attr_str(f, "ImarisDataSet", "ImarisDataSet")
