@@ -27,6 +27,7 @@ KERNEL_MODULES: dict[str, str] = {
     "hist_binned": "_histogram_nb",
     "minmax_finite": "_histogram_nb",
     "gather_chunk": "_chunks",
+    "pwrite_chunk": "_chunks",
     "shuffle": "_chunks",
     "unshuffle": "_chunks",
 }

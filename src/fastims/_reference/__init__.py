@@ -3,7 +3,7 @@
 They are the test oracle and the fallback when ``FASTIMS_KERNELS=reference``.
 """
 
-from fastims._reference.chunks import gather_chunk, shuffle, unshuffle
+from fastims._reference.chunks import gather_chunk, pwrite_chunk, shuffle, unshuffle
 from fastims._reference.downsample import downsample_bdv, downsample_imaris
 from fastims._reference.histogram import hist_binned, hist_u8, hist_u16, minmax_finite
 
@@ -15,6 +15,7 @@ __all__ = [
     "hist_u8",
     "hist_u16",
     "minmax_finite",
+    "pwrite_chunk",
     "shuffle",
     "unshuffle",
 ]

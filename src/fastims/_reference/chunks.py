@@ -5,6 +5,8 @@ Same names, signatures and results as the compiled kernels; they are the test or
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 __all__ = ["gather_chunk", "shuffle", "unshuffle"]
@@ -103,3 +105,21 @@ def unshuffle(src: np.ndarray, itemsize: int, out: np.ndarray) -> None:
     body = n * itemsize
     out[:body] = src[:body].reshape(itemsize, n).T.reshape(-1)
     out[body:nbytes] = src[body:]
+
+
+def pwrite_chunk(
+    fd: int, src: np.ndarray, z0: int, y0: int, x0: int, cz: int, cy: int, cx: int, offset: int
+) -> None:
+    """Write the zero-padded chunk ``src[z0:z0+cz, y0:y0+cy, x0:x0+cx]`` at file `offset`.
+
+    `src` is a (Z, Y, X * itemsize) uint8 view of the slab; `x0` and `cx` count bytes.
+    """
+    if cz < 1 or cy < 1 or cx < 1 or offset < 0 or z0 < 0 or y0 < 0 or x0 < 0:
+        raise ValueError("chunk extents must be positive, origin and offset non-negative")
+    chunk = np.zeros((cz, cy, cx), dtype=np.uint8)
+    gather_chunk(np.ascontiguousarray(src), z0, y0, x0, chunk)
+    data = memoryview(chunk).cast("B")
+    while data:
+        written = os.pwrite(fd, data, offset)
+        data = data[written:]
+        offset += written

@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 
 from fastims._version import __version__
-from fastims.compression import Codec
-from fastims.engine import Engine, LevelSpec, Stream
+from fastims.compression import Codec, chunk_addresses
+from fastims.engine import Engine, LevelSpec, RawTarget, Stream
 from fastims.errors import WriterStateError
 from fastims.histogram import Histogram
 from fastims.ims.attrs import format_datetime, format_extent, format_float, write_attr_str, write_attr_u32
@@ -41,12 +41,17 @@ _UNITS = ("m", "mm", "um", "nm")
 
 
 class _DatasetRef:
-    """Holder of a dataset created later by the writer thread (the engine reads ``.id``)."""
+    """Holder of a dataset created later by the writer thread (the engine reads ``.id``).
 
-    __slots__ = ("id",)
+    `raw` is set for uncompressed data: its chunks are allocated up front and written in
+    place by the workers (see :class:`fastims.engine.RawTarget`).
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("id", "raw")
+
+    def __init__(self, raw: RawTarget | None = None) -> None:
         self.id: Any = None
+        self.raw = raw
 
 
 def _level_path(r: int, t: int, c: int) -> str:
@@ -178,6 +183,7 @@ class ImsWriter:
         self._channel_hist = [Histogram(self.dtype) for _ in range(nc)]
         self._closed = False
         self._file: Any = None
+        self._raw_fd = -1
         self._engine = Engine(max_workers=max_workers, memory_limit=memory_limit)
         try:
             self._engine.call(self._open_file)
@@ -270,7 +276,8 @@ class ImsWriter:
             if stream is None:
                 if self._times[t] is None:
                     self._times[t] = _dt.datetime.now()
-                refs = [_DatasetRef() for _ in self.levels]
+                raw = self.codec.compression is None
+                refs = [_DatasetRef(RawTarget() if raw else None) for _ in self.levels]
                 # FIFO: the writer creates the datasets before it stores any of their chunks
                 self._engine.post(self._create_datasets, t, c, refs)
                 stream = self._engine.open_stream(
@@ -318,7 +325,7 @@ class ImsWriter:
             self._closed = True
             try:
                 if self._file is not None:
-                    self._engine.call(self._file.close)
+                    self._engine.call(self._close_file)
             except BaseException as exc:  # keep the first error
                 error = error or exc
             self._engine.close()
@@ -337,6 +344,10 @@ class ImsWriter:
         self.path.unlink(missing_ok=True)
         # libver v108 = ImarisWriter's HDF5 1.8 format (superblock v2)
         self._file = f = h5py.File(self.path, "w", libver=("v108", "v108"))
+        # uncompressed chunks are written in place through this descriptor (RawTarget); it
+        # also carries the hints that start writeback while we stream
+        self._raw_fd = os.open(self.path, os.O_WRONLY)
+        self._engine.set_writeback(self._raw_fd)
         write_attr_str(f, "ImarisDataSet", "ImarisDataSet")
         write_attr_str(f, "ImarisVersion", "5.5.0")
         write_attr_str(f, "DataSetDirectoryName", "DataSet")
@@ -349,14 +360,29 @@ class ImsWriter:
         self._write_metadata(final=False)
         f.flush()
 
+    def _close_file(self) -> None:
+        if self._raw_fd >= 0:
+            os.close(self._raw_fd)
+            self._raw_fd = -1
+        self._file.close()
+
     def _create_datasets(self, t: int, c: int, refs: list[_DatasetRef]) -> None:
-        for r, (lv, ref) in enumerate(zip(self.levels, refs)):
-            group = self._file.require_group(_level_path(r, t, c))
-            write_attr_str(group, "ImageSizeX", str(lv.shape[2]))
-            write_attr_str(group, "ImageSizeY", str(lv.shape[1]))
-            write_attr_str(group, "ImageSizeZ", str(lv.shape[0]))
-            ds = self.codec.create_dataset(group, "Data", shape=lv.padded_shape, dtype=self.dtype, chunks=lv.chunks)
-            ref.id = ds.id
+        try:
+            for r, (lv, ref) in enumerate(zip(self.levels, refs)):
+                group = self._file.require_group(_level_path(r, t, c))
+                write_attr_str(group, "ImageSizeX", str(lv.shape[2]))
+                write_attr_str(group, "ImageSizeY", str(lv.shape[1]))
+                write_attr_str(group, "ImageSizeZ", str(lv.shape[0]))
+                ds = self.codec.create_dataset(group, "Data", shape=lv.padded_shape, dtype=self.dtype,
+                                               chunks=lv.chunks, allocate=ref.raw is not None)
+                ref.id = ds.id
+                if ref.raw is not None:
+                    ref.raw.addresses = chunk_addresses(ds)
+                    ref.raw.fd = self._raw_fd
+        finally:
+            for ref in refs:  # also on failure: workers then see the engine's error
+                if ref.raw is not None:
+                    ref.raw.ready.set()
 
     def _write_histograms(self, t: int, c: int, hists: list[Histogram]) -> None:
         for r, hist in enumerate(hists):
