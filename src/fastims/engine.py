@@ -38,7 +38,7 @@ from fastims.errors import WriterStateError
 from fastims.histogram import Histogram
 from fastims.pyramid import downsampled_shape
 
-__all__ = ["BufferPool", "Engine", "LevelSpec", "RawTarget", "Stream", "default_memory_limit", "release_buffers"]
+__all__ = ["BufferPool", "DatasetRef", "Engine", "LevelSpec", "RawTarget", "Stream", "default_memory_limit", "release_buffers"]
 
 logger = logging.getLogger("fastims")
 
@@ -147,6 +147,21 @@ class RawTarget:
         self.fd = -1
         self.addresses: dict[tuple[int, ...], int] = {}
         self.ready = threading.Event()
+
+
+class DatasetRef:
+    """A level's dataset as the engine sees it: filled in later by the writer thread.
+
+    `id` is the h5py dataset id, set before the writer stores the first chunk (adapters post
+    the creation job before any write, and the writer thread runs jobs in order). `raw`,
+    when given, sends uncompressed chunks through :class:`RawTarget` instead.
+    """
+
+    __slots__ = ("id", "raw")
+
+    def __init__(self, raw: RawTarget | None = None) -> None:
+        self.id: Any = None
+        self.raw = raw
 
 
 class _Slab:
@@ -278,13 +293,14 @@ class Engine:
         """
         self._writeback_fd = fd
 
-    def _wrote(self, nbytes: int) -> None:
+    def _wrote(self, nbytes: int, fd: int = -1) -> None:
         with self._cv:
             self._unflushed += nbytes
-            if self._unflushed < self.WRITEBACK_BYTES or self._writeback_fd < 0:
+            fd = fd if fd >= 0 else self._writeback_fd
+            if self._unflushed < self.WRITEBACK_BYTES or fd < 0:
                 return
             self._unflushed = 0
-        _start_writeback(self._writeback_fd)
+        _start_writeback(fd)
 
     # -- error handling ----------------------------------------------------------------------
 
@@ -605,7 +621,7 @@ class Engine:
                 return
             address = raw.addresses[(slab.z0, iy * cy, ix * cx)]
             pwrite(raw.fd, src, 0, iy * cy, ix * cx * item, cz, cy, cx * item, address)
-            self._wrote(cz * cy * cx * item)
+            self._wrote(cz * cy * cx * item, raw.fd)
 
     def _enqueue_chunk(self, dataset: Any, offset: tuple, payload: Any, nbytes: int, release: np.ndarray | None) -> None:
         with self._cv:

@@ -284,12 +284,14 @@ def test_worker_error_reraised(tmp_path, monkeypatch):
     w._close(raising=False)
 
 
-def test_survives_a_crash_after_flush(tmp_path):
+@pytest.mark.parametrize("compression", [None, "gzip"])
+def test_survives_a_crash_after_flush(tmp_path, compression):
     path = tmp_path / "crash.ims"
     code = textwrap.dedent(
         f"""
         import os, numpy as np, fastims
-        w = fastims.ImsWriter({str(path)!r}, shape=(2, 1, 16, 64, 64), dtype="uint16")
+        w = fastims.ImsWriter({str(path)!r}, shape=(2, 1, 16, 64, 64), dtype="uint16",
+                              compression={compression!r})
         for z in range(16):  # time point 0 complete, time point 1 never comes
             w.write_plane(np.full((64, 64), 7, np.uint16), t=0, z=z)
         w.flush()

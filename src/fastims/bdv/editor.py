@@ -33,7 +33,6 @@ from fastims.bdv import xmlwrite
 from fastims.bdv.layout import BdvLevel, loopback_sources, write_chunks
 from fastims.bdv.spimdata import parse_spimdata
 from fastims.bdv.writer import (
-    _DatasetRef,
     _Setup,
     _View,
     _ViewStreamer,
@@ -46,7 +45,7 @@ from fastims.bdv.writer import (
 )
 from fastims.bdv.xmlwrite import ATTRIBUTE_KINDS
 from fastims.compression import FILTER_DEFLATE, FILTER_LZ4, FILTER_SHUFFLE, Codec
-from fastims.engine import Engine, LevelSpec
+from fastims.engine import DatasetRef, Engine, LevelSpec
 from fastims.errors import FormatError, UnsupportedFormatError, WriterStateError
 from fastims.pyramid import SUPPORTED_DTYPES
 
@@ -635,7 +634,7 @@ class BdvEditor(_ViewStreamer):
             chunks = write_chunks(new_shapes, z_mult, storage.itemsize)
             codec = Codec.create("gzip" if info["deflate"] else None, level=info["deflate"] or 6,
                                  dtype=storage, shuffle_rule="always")
-        refs = [_DatasetRef() for _ in factors]
+        refs = [DatasetRef() for _ in factors]
         self._engine.call(self._prepare_crop, t, sid, refs, new_shapes, chunks, codec, storage, in_place)
         specs = [LevelSpec(tuple(s), c, src, rel) for s, c, (src, rel) in zip(new_shapes, chunks, sources)]  # type: ignore[arg-type]
         stream = self._engine.open_stream(("crop", t, sid), dtype=stream_dtype, levels=specs, datasets=refs,
@@ -803,6 +802,7 @@ class BdvEditor(_ViewStreamer):
             self._closed = True
             try:
                 if self._file is not None:
+                    self._engine.call(self._close_fds)
                     self._engine.call(self._file.close)
             except BaseException as exc:
                 error = error or exc
@@ -922,7 +922,7 @@ class BdvEditor(_ViewStreamer):
             "storage": storage,
         }
 
-    def _prepare_crop(self, t: int, sid: int, refs: list[_DatasetRef], shapes: list[tuple[int, ...]],
+    def _prepare_crop(self, t: int, sid: int, refs: list[DatasetRef], shapes: list[tuple[int, ...]],
                       chunks: list[tuple[int, int, int]], codec: Codec, storage: np.dtype, in_place: bool) -> None:
         f = self._file
         for li, ref in enumerate(refs):

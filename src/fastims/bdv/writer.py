@@ -41,8 +41,8 @@ from typing import Any
 
 import numpy as np
 
-from fastims.compression import Codec
-from fastims.engine import Engine, LevelSpec, Stream
+from fastims.compression import Codec, chunk_addresses
+from fastims.engine import DatasetRef, Engine, LevelSpec, RawTarget, Stream
 from fastims.errors import FormatError, WriterStateError
 from fastims.pyramid import SUPPORTED_DTYPES
 from fastims.bdv import xmlwrite
@@ -83,16 +83,7 @@ def pair_paths(path: str | os.PathLike) -> tuple[Path, Path]:
     raise ValueError(f"path must name the dataset's .xml or .h5 file, got {str(p)!r}")
 
 
-class _DatasetRef:
-    """Holder of a dataset created later by the writer thread (the engine reads ``.id``)."""
-
-    __slots__ = ("id",)
-
-    def __init__(self) -> None:
-        self.id: Any = None
-
-
-def _release_refs(refs: Sequence[_DatasetRef]) -> None:
+def _release_refs(refs: Sequence[DatasetRef]) -> None:
     # writer thread, after the stream's last chunk: a long acquisition keeps no handle open
     for ref in refs:
         ref.id = None
@@ -178,6 +169,7 @@ class _ViewStreamer:
         self.compression = compression
         self.compression_level = compression_level
         self.shuffle = bool(shuffle)
+        self._fds: dict[str, int] = {}  # plain descriptors for in-place chunks, by file name
         # validate the codec options once, before any file exists
         Codec.create(compression, level=compression_level, shuffle=self.shuffle, dtype=np.uint16,
                      shuffle_rule="always")
@@ -202,6 +194,20 @@ class _ViewStreamer:
 
     def _check_time(self, time: Any) -> int:
         raise NotImplementedError
+
+    def _raw_fd(self, f: Any) -> int:
+        """A plain descriptor of HDF5 file `f` for in-place chunk writes (writer thread)."""
+        fd = self._fds.get(f.filename)
+        if fd is None:
+            fd = self._fds[f.filename] = os.open(f.filename, os.O_WRONLY)
+            if f is self._file:
+                self._engine.set_writeback(fd)
+        return fd
+
+    def _close_fds(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
 
     def _file_for(self, time: int, setup: int) -> tuple[Any, str | None]:
         """(h5py file receiving the view's datasets, its name relative to the master or None)."""
@@ -512,7 +518,8 @@ class _ViewStreamer:
             if view.stream is None:
                 setup = view.setup
                 specs = [LevelSpec(lv.shape, lv.chunks, lv.source, lv.relative) for lv in setup.levels]
-                refs = [_DatasetRef() for _ in specs]
+                raw = setup.codec.compression is None
+                refs = [DatasetRef(RawTarget() if raw else None) for _ in specs]
                 # FIFO: the writer thread creates the datasets before it stores any chunk
                 self._engine.post(self._create_datasets, view, refs)
                 view.stream = self._engine.open_stream(
@@ -522,7 +529,7 @@ class _ViewStreamer:
                 )
             return view.stream
 
-    def _stream_done(self, view: _View, refs: list[_DatasetRef]) -> None:
+    def _stream_done(self, view: _View, refs: list[DatasetRef]) -> None:
         # a worker thread, once every level is stored or queued: drop the stream's state
         view.stream = _FINISHED
         self._engine.post(_release_refs, refs)
@@ -553,7 +560,16 @@ class _ViewStreamer:
 
     # -- writer thread: HDF5 only here -------------------------------------------------
 
-    def _create_datasets(self, view: _View, refs: list[_DatasetRef]) -> None:
+    def _create_datasets(self, view: _View, refs: list[DatasetRef]) -> None:
+        setup = view.setup
+        try:
+            self._create_view_datasets(view, refs)
+        finally:
+            for ref in refs:  # also on failure: workers then see the engine's error
+                if ref.raw is not None:
+                    ref.raw.ready.set()
+
+    def _create_view_datasets(self, view: _View, refs: list[DatasetRef]) -> None:
         setup = view.setup
         f, link_name = self._file_for(view.time, setup.id)
         for li, (lv, ref) in enumerate(zip(setup.levels, refs)):
@@ -561,9 +577,13 @@ class _ViewStreamer:
             if path in f:
                 del f[path]  # a view re-created by the editor
             ds = setup.codec.create_dataset(
-                f, path, shape=lv.shape, dtype=setup.storage, chunks=lv.chunks, maxshape=(None, None, None)
+                f, path, shape=lv.shape, dtype=setup.storage, chunks=lv.chunks, maxshape=(None, None, None),
+                allocate=ref.raw is not None,
             )
             ref.id = ds.id
+            if ref.raw is not None:
+                ref.raw.addresses = chunk_addresses(ds)
+                ref.raw.fd = self._raw_fd(f)
             if link_name is not None:
                 import h5py
 
@@ -836,6 +856,7 @@ class BdvWriter(_ViewStreamer):
         if f is None:
             import h5py
 
+            self._partition_path(index).unlink(missing_ok=True)
             f = self._parts[index] = h5py.File(self._partition_path(index), "w", libver=LIBVER)
         return f, self._partition_path(index).name
 
@@ -921,7 +942,10 @@ class BdvWriter(_ViewStreamer):
     def _open_file(self) -> None:
         import h5py
 
+        # replace rather than truncate: ext4 flushes a truncated-and-rewritten file on close
+        self.h5_path.unlink(missing_ok=True)
         self._file = h5py.File(self.h5_path, "w", libver=LIBVER)
+        self._raw_fd(self._file)  # also carries the writeback hints
 
     def _flush_files(self) -> None:
         self._file.flush()
@@ -938,6 +962,7 @@ class BdvWriter(_ViewStreamer):
         self._flush_files()
 
     def _close_files(self) -> None:
+        self._close_fds()
         for f in self._parts.values():
             f.close()
         self._parts.clear()

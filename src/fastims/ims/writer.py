@@ -24,7 +24,7 @@ import numpy as np
 
 from fastims._version import __version__
 from fastims.compression import Codec, chunk_addresses
-from fastims.engine import Engine, LevelSpec, RawTarget, Stream
+from fastims.engine import DatasetRef, Engine, LevelSpec, RawTarget, Stream
 from fastims.errors import WriterStateError
 from fastims.histogram import Histogram
 from fastims.ims.attrs import format_datetime, format_extent, format_float, write_attr_str, write_attr_u32
@@ -38,20 +38,6 @@ logger = logging.getLogger("fastims")
 
 _DTYPES = ("uint8", "uint16", "uint32", "float32")
 _UNITS = ("m", "mm", "um", "nm")
-
-
-class _DatasetRef:
-    """Holder of a dataset created later by the writer thread (the engine reads ``.id``).
-
-    `raw` is set for uncompressed data: its chunks are allocated up front and written in
-    place by the workers (see :class:`fastims.engine.RawTarget`).
-    """
-
-    __slots__ = ("id", "raw")
-
-    def __init__(self, raw: RawTarget | None = None) -> None:
-        self.id: Any = None
-        self.raw = raw
 
 
 def _level_path(r: int, t: int, c: int) -> str:
@@ -277,7 +263,7 @@ class ImsWriter:
                 if self._times[t] is None:
                     self._times[t] = _dt.datetime.now()
                 raw = self.codec.compression is None
-                refs = [_DatasetRef(RawTarget() if raw else None) for _ in self.levels]
+                refs = [DatasetRef(RawTarget() if raw else None) for _ in self.levels]
                 # FIFO: the writer creates the datasets before it stores any of their chunks
                 self._engine.post(self._create_datasets, t, c, refs)
                 stream = self._engine.open_stream(
@@ -366,7 +352,7 @@ class ImsWriter:
             self._raw_fd = -1
         self._file.close()
 
-    def _create_datasets(self, t: int, c: int, refs: list[_DatasetRef]) -> None:
+    def _create_datasets(self, t: int, c: int, refs: list[DatasetRef]) -> None:
         try:
             for r, (lv, ref) in enumerate(zip(self.levels, refs)):
                 group = self._file.require_group(_level_path(r, t, c))
