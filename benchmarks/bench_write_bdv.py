@@ -22,33 +22,19 @@ NFRAMES = 64
 SHAPE = (NFRAMES, 2048, 2048)
 
 
-def _fsync(*paths) -> None:
-    for path in paths:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def test_plain_write(benchmark, camera_bank, tmp_path, report):
+def test_plain_write(benchmark, camera_bank, tmp_path, report, io_helpers):
+    _, plain_write = io_helpers
     path = tmp_path / "plain.raw"
-
-    def run():
-        with open(path, "wb") as f:
-            for i in range(NFRAMES):
-                f.write(camera_bank[i % len(camera_bank)])
-            f.flush()
-            os.fsync(f.fileno())
-
-    benchmark.pedantic(run, setup=lambda: path.unlink(missing_ok=True), rounds=3, iterations=1)
+    benchmark.pedantic(lambda: plain_write(path, camera_bank, NFRAMES), setup=lambda: path.unlink(missing_ok=True),
+                       rounds=3, iterations=1)
     report(benchmark, NFRAMES * camera_bank[0].nbytes)
 
 
 @pytest.mark.parametrize(
     ("compression", "level"), [(None, 6), ("gzip", 1), ("gzip", 4)], ids=["raw", "gzip1", "gzip4"]
 )
-def test_fastims_xyz_pyramid(benchmark, camera_bank, tmp_path, compression, level, report):
+def test_fastims_xyz_pyramid(benchmark, camera_bank, tmp_path, compression, level, report, io_helpers):
+    fsync, _ = io_helpers
     import fastims
 
     xml = tmp_path / "fastims.xml"
@@ -61,7 +47,7 @@ def test_fastims_xyz_pyramid(benchmark, camera_bank, tmp_path, compression, leve
             for z in range(NFRAMES):
                 w.write_plane(camera_bank[z % len(camera_bank)], z=z)
             levels["factors"] = [lv.factors for lv in w.levels()]
-        _fsync(h5, xml)
+        fsync(h5, xml)
 
     def setup():
         h5.unlink(missing_ok=True)
@@ -73,7 +59,8 @@ def test_fastims_xyz_pyramid(benchmark, camera_bank, tmp_path, compression, leve
 
 
 @pytest.mark.parametrize("compression", [None, "gzip"], ids=["raw", "gzip4"])
-def test_npy2bdv_append_plane(benchmark, camera_bank, tmp_path, compression, report):
+def test_npy2bdv_append_plane(benchmark, camera_bank, tmp_path, compression, report, io_helpers):
+    fsync, _ = io_helpers
     npy2bdv = pytest.importorskip("npy2bdv")
     h5 = tmp_path / "npy2bdv.h5"
     xml = tmp_path / "npy2bdv.xml"
@@ -86,7 +73,7 @@ def test_npy2bdv_append_plane(benchmark, camera_bank, tmp_path, compression, rep
             w.append_plane(camera_bank[z % len(camera_bank)], z=z)
         w.write_xml()
         w.close()
-        _fsync(h5, xml)
+        fsync(h5, xml)
 
     def setup():
         h5.unlink(missing_ok=True)

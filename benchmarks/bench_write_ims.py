@@ -16,25 +16,11 @@ import pytest
 NFRAMES = 64
 
 
-def _fsync(path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def test_plain_write(benchmark, camera_bank, tmp_path, report):
+def test_plain_write(benchmark, camera_bank, tmp_path, report, io_helpers):
+    _, plain_write = io_helpers
     path = tmp_path / "plain.raw"
-
-    def run():
-        with open(path, "wb") as f:
-            for i in range(NFRAMES):
-                f.write(camera_bank[i % len(camera_bank)])
-            f.flush()
-            os.fsync(f.fileno())
-
-    benchmark.pedantic(run, setup=lambda: path.unlink(missing_ok=True), rounds=5, iterations=1)
+    benchmark.pedantic(lambda: plain_write(path, camera_bank, NFRAMES), setup=lambda: path.unlink(missing_ok=True),
+                       rounds=5, iterations=1)
     report(benchmark, NFRAMES * camera_bank[0].nbytes)
 
 
@@ -43,7 +29,8 @@ def test_plain_write(benchmark, camera_bank, tmp_path, report):
     "codec", [(None, False, 2), ("lz4", True, 2), ("lz4", False, 2), ("gzip", True, 2), ("gzip", False, 1)],
     ids=["raw", "shuffle+lz4", "lz4", "shuffle+gzip2", "gzip1"],
 )
-def test_ims_stream(benchmark, camera_bank, tmp_path, codec, workers, report):
+def test_ims_stream(benchmark, camera_bank, tmp_path, codec, workers, report, io_helpers):
+    fsync, _ = io_helpers
     import fastims
 
     compression, shuffle, level = codec
@@ -54,7 +41,7 @@ def test_ims_stream(benchmark, camera_bank, tmp_path, codec, workers, report):
                                compression_level=level, shuffle=shuffle, max_workers=workers, overwrite=True) as w:
             for z in range(NFRAMES):
                 w.write_plane(camera_bank[z % len(camera_bank)], z=z)
-        _fsync(path)
+        fsync(path)
 
     benchmark.pedantic(run, setup=lambda: path.unlink(missing_ok=True), rounds=3, iterations=1, warmup_rounds=1)
     nbytes = NFRAMES * camera_bank[0].nbytes

@@ -39,9 +39,36 @@ def _warm_kernels() -> None:
 
 def _report(benchmark, nbytes: int, **extra) -> None:
     """Record input MB/s from the median round, plus any extra figures."""
+    if benchmark.stats is None:  # --benchmark-disable: the code ran once, nothing was timed
+        return
     median = benchmark.stats.stats.median
     benchmark.extra_info["MB/s"] = round(nbytes / 1e6 / median, 1)
     benchmark.extra_info.update(extra)
+
+
+def fsync(*paths) -> None:
+    """fsync every file in `paths` (what a run wrote must be on disk before it counts)."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def plain_write(path, frames: np.ndarray, n: int) -> None:
+    """The physical limit: write `n` frames sequentially to one file, then fsync."""
+    with open(path, "wb") as f:
+        for i in range(n):
+            f.write(frames[i % len(frames)])
+        f.flush()
+        os.fsync(f.fileno())
+
+
+@pytest.fixture
+def io_helpers():
+    """``(fsync, plain_write)`` shared by the end-to-end benchmarks."""
+    return fsync, plain_write
 
 
 @pytest.fixture

@@ -116,6 +116,65 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+_BYTE_UNITS = {
+    "": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
+    "t": 10**12, "tb": 10**12, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40,
+}
+
+
+def _byte_size(text: str) -> int:
+    """``2GB``, ``512MiB``, ``1.5G`` or a plain number of bytes."""
+    import re
+
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-z]*)\s*", text.lower())
+    if m is None or m.group(2) not in _BYTE_UNITS:
+        raise argparse.ArgumentTypeError(f"expected a size like 2GB, 512MiB or 1000000, got {text!r}")
+    value = int(float(m.group(1)) * _BYTE_UNITS[m.group(2)])
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"size must be at least 1 byte, got {text!r}")
+    return value
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    import math
+
+    from fastims.convert import convert
+    from fastims.errors import FastimsError
+
+    bar: Progress | None = None
+    seen = [0, 0]  # bytes done, total
+    t0 = time.perf_counter()
+
+    def report(done: int, total: int) -> None:
+        nonlocal bar
+        seen[:] = [done, total]
+        if bar is None:
+            bar = Progress(math.ceil(total / 1e6), "convert", enabled=False if args.no_progress else None)
+        rate = done / 1e6 / max(1e-9, time.perf_counter() - t0)
+        bar.update(math.ceil(done / 1e6) - bar.count, extra=f"{rate:.0f} MB/s")
+
+    try:
+        out = convert(
+            args.input, args.output, compression=args.compression, compression_level=args.level,
+            shuffle=args.shuffle, max_workers=args.workers, memory_limit=args.memory_limit,
+            overwrite=args.overwrite, progress=report,
+        )
+    except (OSError, ValueError, TypeError, KeyError, IndexError, FastimsError) as exc:
+        if bar is not None:
+            bar.close()
+        text = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"fastims: error: {text}", file=sys.stderr)
+        return 1
+    elapsed = time.perf_counter() - t0
+    if bar is not None:
+        bar.close()
+    size = sum(p.stat().st_size for p in {out, out.with_suffix(".h5")} if p.exists())
+    mb = seen[1] / 1e6
+    print(f"converted {args.input} -> {out}: {mb:.1f} MB in {elapsed:.2f} s "
+          f"({mb / max(elapsed, 1e-9):.0f} MB/s), output {size / 1e6:.1f} MB")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastims", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"fastims {__version__}")
@@ -140,6 +199,19 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--overwrite", action="store_true")
     sim.add_argument("--no-progress", action="store_true")
     sim.set_defaults(func=_cmd_simulate)
+
+    conv = sub.add_parser("convert", help="convert between .ims and BigDataViewer (.xml/.h5), pyramid regenerated")
+    conv.add_argument("input", help="source .ims, BDV .xml or BDV .h5")
+    conv.add_argument("output", help="target: .ims (Imaris) or .xml/.h5 (BigDataViewer)")
+    conv.add_argument("--compression", type=_compression, default="gzip", help="none, gzip (default) or lz4")
+    conv.add_argument("--level", type=int, default=None, help="gzip level (default: the target's, 2 .ims / 6 BDV)")
+    conv.add_argument("--shuffle", action="store_true", help="byte-shuffle before the codec")
+    conv.add_argument("--workers", type=int, default=None, help="encoding threads (default: CPUs)")
+    conv.add_argument("--memory-limit", type=_byte_size, default=None, metavar="BYTES",
+                      help="bytes in flight, e.g. 2GB or 512MiB (default: 1 GiB or a quarter of RAM)")
+    conv.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    conv.add_argument("--no-progress", action="store_true")
+    conv.set_defaults(func=_cmd_convert)
     return parser
 
 

@@ -38,7 +38,7 @@ from fastims.errors import WriterStateError
 from fastims.histogram import Histogram
 from fastims.pyramid import downsampled_shape
 
-__all__ = ["BufferPool", "DatasetRef", "Engine", "LevelSpec", "RawTarget", "Stream", "default_memory_limit", "release_buffers"]
+__all__ = ["BufferPool", "DatasetRef", "Engine", "LevelSpec", "RawTarget", "Stream", "default_memory_limit", "ranges_text", "release_buffers"]
 
 logger = logging.getLogger("fastims")
 
@@ -668,6 +668,23 @@ class Engine:
                 k = kend
         finally:
             self._unref(stream, li, slab)
+
+
+def ranges_text(indices: Sequence[int]) -> str:
+    """Compact text of sorted plane indices, e.g. ``[0, 1, 2, 3, 7] -> "0-3,7"``."""
+    parts: list[str] = []
+    it = iter(indices)
+    start = prev = next(it, None)
+    if start is None:
+        return ""
+    for i in it:
+        if i == prev + 1:
+            prev = i
+            continue
+        parts.append(f"{start}-{prev}" if prev > start else f"{start}")
+        start = prev = i
+    parts.append(f"{start}-{prev}" if prev > start else f"{start}")
+    return ",".join(parts)
 
 
 def _sync_file_range() -> Callable[[int], None] | None:

@@ -339,10 +339,7 @@ class BdvEditor(_ViewStreamer):
 
     def metadata(self) -> dict[str, str]:
         """The ``<generatedBy>`` metadata (microscope, microscope_version, user, other keys)."""
-        gen = self._root.find("generatedBy")
-        out: dict[str, str] = {}
-        if gen is None:
-            return out
+        return xmlwrite.generated_by(self._root)
         micro = gen.find("microscope")
         if micro is not None:
             for key, tag in (("microscope", "name"), ("microscope_version", "version"), ("user", "user")):

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from fastims.compression import Codec, chunk_addresses
-from fastims.engine import DatasetRef, Engine, LevelSpec, RawTarget, Stream
+from fastims.engine import DatasetRef, Engine, LevelSpec, RawTarget, Stream, ranges_text
 from fastims.errors import FormatError, WriterStateError
 from fastims.pyramid import SUPPORTED_DTYPES
 from fastims.bdv import xmlwrite
@@ -545,7 +545,7 @@ class _ViewStreamer:
             stream = view.stream
             gaps = stream.missing_planes().tolist()
             if gaps and isinstance(stream, Stream):
-                incomplete[(t, sid)] = f"z={_ranges(gaps)} zero-filled"
+                incomplete[(t, sid)] = f"z={ranges_text(gaps)} zero-filled"
                 self._engine.finish(stream, zero_fill=True)
         return incomplete
 
@@ -1247,11 +1247,7 @@ def _setup_extras(xml_path: Path) -> dict[int, dict[str, Any]]:
 
 
 def _generated_by(xml_path: Path) -> dict[str, str]:
-    root = xmlwrite.ET.parse(xml_path).getroot()
-    gen = root.find("generatedBy")
-    out: dict[str, str] = {}
-    if gen is None:
-        return out
+    return xmlwrite.generated_by(xmlwrite.ET.parse(xml_path).getroot())
     micro = gen.find("microscope")
     if micro is not None:
         for key, tag in (("microscope", "name"), ("microscope_version", "version"), ("user", "user")):
@@ -1347,18 +1343,4 @@ def _partition_sizes(partitions: Any, ntimepoints: int, nsetups: int) -> tuple[i
     raise ValueError(
         f"partitions must be None, 'timepoint', 'setup' or (timepoints per file, setups per file), got {partitions!r}"
     )
-
-
-def _ranges(indices: list[int]) -> str:
-    """Compact "0-3,7" text of sorted indices."""
-    parts = []
-    start = prev = indices[0]
-    for i in indices[1:] + [None]:  # type: ignore[list-item]
-        if i is not None and i == prev + 1:
-            prev = i
-            continue
-        parts.append(f"{start}-{prev}" if prev > start else f"{start}")
-        if i is not None:
-            start = prev = i
-    return ",".join(parts)
 

@@ -456,3 +456,22 @@ def write_xml(path: str | os.PathLike, root: ET.Element, *, backup: str | os.Pat
         except FileNotFoundError:
             pass
         raise
+
+
+def generated_by(root: ET.Element) -> dict[str, str]:
+    """The ``<generatedBy>`` metadata of a SpimData tree (microscope, version, user, others)."""
+    gen = root.find("generatedBy")
+    out: dict[str, str] = {}
+    if gen is None:
+        return out
+    micro = gen.find("microscope")
+    if micro is not None:
+        for key, tag in (("microscope", "name"), ("microscope_version", "version"), ("user", "user")):
+            text = micro.findtext(tag)
+            if text is not None:
+                out[key] = text.strip()
+    block = gen.find("metadata")
+    if block is not None:
+        for child in block:
+            out[child.tag] = (child.text or "").strip()
+    return out

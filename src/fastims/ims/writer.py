@@ -24,7 +24,7 @@ import numpy as np
 
 from fastims._version import __version__
 from fastims.compression import Codec, chunk_addresses
-from fastims.engine import DatasetRef, Engine, LevelSpec, RawTarget, Stream
+from fastims.engine import DatasetRef, Engine, LevelSpec, RawTarget, Stream, ranges_text
 from fastims.errors import WriterStateError
 from fastims.histogram import Histogram
 from fastims.ims.attrs import format_datetime, format_extent, format_float, write_attr_str, write_attr_u32
@@ -300,7 +300,7 @@ class ImsWriter:
             self._missing = missing
             self._engine.call(self._write_metadata, final=True)
             if missing:
-                text = "; ".join(f"t={t} c={c} z={_ranges(g)}" for (t, c), g in missing.items())
+                text = "; ".join(f"t={t} c={c} z={ranges_text(g)}" for (t, c), g in missing.items())
                 if self.allow_incomplete:
                     warnings.warn(f"{self.path}: planes never written were zero-filled: {text}", UserWarning, stacklevel=3)
                 else:
@@ -438,7 +438,7 @@ class ImsWriter:
         write_attr_str(ids, "NumberOfImages", "1")
         write_attr_str(ids, "Version", __version__)
         log = info.require_group("Log")
-        entries = [f"incomplete: t={t} c={c} z={_ranges(g)} zero-filled" for (t, c), g in self._missing.items()]
+        entries = [f"incomplete: t={t} c={c} z={ranges_text(g)} zero-filled" for (t, c), g in self._missing.items()]
         write_attr_str(log, "Entries", str(len(entries)))
         for i, entry in enumerate(entries):
             write_attr_str(log, f"Entry{i}", entry)
@@ -550,17 +550,3 @@ def _ascii(what: str, text: str) -> str:
 def _check_index(name: str, value: Any, n: int) -> None:
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or not 0 <= value < n:
         raise IndexError(f"{name}={value!r} out of range 0..{n - 1}")
-
-
-def _ranges(indices: list[int]) -> str:
-    """Compact "0-3,7" text of sorted indices."""
-    parts = []
-    start = prev = indices[0]
-    for i in indices[1:] + [None]:  # type: ignore[list-item]
-        if i is not None and i == prev + 1:
-            prev = i
-            continue
-        parts.append(f"{start}-{prev}" if prev > start else f"{start}")
-        if i is not None:
-            start = prev = i
-    return ",".join(parts)
