@@ -20,7 +20,8 @@ def unshuffle(src: npt.NDArray[np.uint8], itemsize: int, out: npt.NDArray[np.uin
     """Inverse of :func:`shuffle` into ``out[:len(src)]``."""
 
 def pwrite_chunk(
-    fd: int, src: npt.NDArray[np.uint8], z0: int, y0: int, x0: int, cz: int, cy: int, cx: int, offset: int
+    fd: int, src: npt.NDArray[np.uint8], z0: int, y0: int, x0: int, cz: int, cy: int, cx: int, offset: int,
+    scratch: npt.NDArray[np.uint8],
 ) -> None:
-    """Write the zero-padded chunk ``src[z0:z0+cz, y0:y0+cy, x0:x0+cx]`` of a (Z, Y, X*itemsize)
-    byte view at file `offset` with pwritev (x0 and cx in bytes), GIL released."""
+    """Gather the zero-padded chunk ``src[z0:z0+cz, y0:y0+cy, x0:x0+cx]`` of a (Z, Y, X*itemsize)
+    byte view into `scratch` and write it at file `offset` with one pwrite (x0, cx in bytes)."""

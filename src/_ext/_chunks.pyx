@@ -266,47 +266,28 @@ def unshuffle(const uint8_t[::1] src, Py_ssize_t itemsize, uint8_t[::1] out) -> 
 # positional chunk write (uncompressed datasets whose chunks HDF5 allocated up front)
 # ---------------------------------------------------------------------------------------
 
-cdef extern from "<sys/uio.h>" nogil:
-    struct iovec:
-        void* iov_base
-        size_t iov_len
-    ssize_t pwritev(int fd, const iovec* iov, int iovcnt, long long offset)
+cdef extern from "<unistd.h>" nogil:
+    ssize_t pwrite(int fd, const void* buf, size_t count, long long offset)
 
 cdef extern from "<errno.h>" nogil:
     int errno
     int EINTR
 
-from libc.stdlib cimport malloc, calloc, free
 
-cdef enum:
-    # POSIX guarantees IOV_MAX >= 16; Linux has 1024
-    _IOV_BATCH = 1024
-
-
-cdef int _pwritev_all(int fd, iovec* iov, Py_ssize_t n, long long offset) noexcept nogil:
-    """Write every iovec in `iov` at `offset`, resuming after short writes; errno on failure."""
-    cdef Py_ssize_t i = 0
-    cdef int batch
+cdef int _pwrite_all(int fd, const char* buf, size_t n, long long offset) noexcept nogil:
+    """Write `n` bytes at `offset`, resuming after short writes; errno on failure."""
     cdef ssize_t done
-    while i < n:
-        batch = <int>(n - i if n - i < _IOV_BATCH else _IOV_BATCH)
-        done = pwritev(fd, &iov[i], batch, offset)
+    while n > 0:
+        done = pwrite(fd, buf, n, offset)
         if done < 0:
             if errno == EINTR:
                 continue
             return errno
         if done == 0:
             return 5  # EIO: no progress
+        buf += done
+        n -= <size_t>done
         offset += done
-        # skip fully written vectors, trim a partially written one
-        while done > 0 and i < n:
-            if <size_t>done >= iov[i].iov_len:
-                done -= iov[i].iov_len
-                i += 1
-            else:
-                iov[i].iov_base = <char*>iov[i].iov_base + done
-                iov[i].iov_len -= done
-                done = 0
     return 0
 
 
@@ -322,47 +303,25 @@ def pwrite_chunk(
     Py_ssize_t cy,
     Py_ssize_t cx,
     long long offset,
+    uint8_t[::1] scratch,
 ):
     """Write chunk ``src[z0:z0+cz, y0:y0+cy, x0:x0+cx]`` (zero-padded beyond `src`) at `offset`.
 
-    `src` is the slab viewed as bytes, (Z, Y, X * itemsize), and x0/cx are in bytes. The
-    chunk's rows go straight from the slab to the file with ``pwritev`` (no gather copy,
-    GIL released), in the layout of an uncompressed HDF5 chunk.
+    `src` is the slab viewed as bytes, (Z, Y, X * itemsize), and x0/cx are in bytes; the
+    chunk is gathered into `scratch` (>= cz*cy*cx bytes, reused by the caller) and written
+    with one ``pwrite``, GIL released: one contiguous write costs the kernel about half the
+    time of a scatter-gather ``pwritev`` of the chunk's short rows.
     """
-    cdef Py_ssize_t sz = src.shape[0], sy = src.shape[1], sx = src.shape[2]
-    cdef Py_ssize_t nrows = cz * cy, k = 0, n = 0, z, y, inx
+    cdef Py_ssize_t nbytes = cz * cy * cx
     cdef int err = 0
-    cdef iovec* iov
-    cdef char* zeros
-    cdef const uint8_t* base
     if cz < 1 or cy < 1 or cx < 1 or offset < 0 or z0 < 0 or y0 < 0 or x0 < 0:
         raise ValueError("chunk extents must be positive, origin and offset non-negative")
-    iov = <iovec*>malloc(2 * nrows * sizeof(iovec))
-    zeros = <char*>calloc(cx, 1)
-    if iov == NULL or zeros == NULL:
-        free(iov)
-        free(zeros)
-        raise MemoryError()
-    base = &src[0, 0, 0] if sz and sy and sx else NULL
+    if scratch.shape[0] < nbytes:
+        raise ValueError(f"scratch holds {scratch.shape[0]} bytes, the chunk needs {nbytes}")
     with nogil:
-        # in-bounds part of each row from the slab, the rest from a zero row
-        inx = (sx - x0 if sx - x0 < cx else cx) if x0 < sx else 0
-        for z in range(z0, z0 + cz):
-            for y in range(y0, y0 + cy):
-                if z < sz and y < sy and inx > 0:
-                    iov[n].iov_base = <void*>(base + (z * sy + y) * sx + x0)
-                    iov[n].iov_len = inx
-                    n += 1
-                    if inx < cx:
-                        iov[n].iov_base = zeros
-                        iov[n].iov_len = cx - inx
-                        n += 1
-                else:
-                    iov[n].iov_base = zeros
-                    iov[n].iov_len = cx
-                    n += 1
-        err = _pwritev_all(fd, iov, n, offset)
-    free(iov)
-    free(zeros)
+        _gather_bytes(<const char*>&src[0, 0, 0] if src.shape[0] and src.shape[1] and src.shape[2] else NULL,
+                      src.shape[0], src.shape[1], src.shape[2], z0, y0, x0,
+                      <char*>&scratch[0], cz, cy, cx, 1)
+        err = _pwrite_all(fd, <const char*>&scratch[0], <size_t>nbytes, offset)
     if err:
-        raise OSError(err, "pwritev of a chunk failed")
+        raise OSError(err, "pwrite of a chunk failed")

@@ -162,8 +162,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     except (OSError, ValueError, TypeError, KeyError, IndexError, FastimsError) as exc:
         if bar is not None:
             bar.close()
-        text = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"fastims: error: {text}", file=sys.stderr)
+        text = str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)
+        print(f"fastims: error: {text.replace('pass overwrite=True', 'use --overwrite')}", file=sys.stderr)
         return 1
     elapsed = time.perf_counter() - t0
     if bar is not None:

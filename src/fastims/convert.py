@@ -20,6 +20,7 @@ import os
 import secrets
 import warnings
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -199,11 +200,12 @@ def convert(
             if lost:
                 _report_lost(reader, lost, target)
             total = sum(v.nbytes for v in volumes if v.present or target == "ims")
-            pump = _Pump(reader, progress, total)
-            if target == "ims":
-                _to_ims(reader, volumes, temps[0], pump, options)
-            else:
-                _to_bdv(reader, volumes, temps[0], pump, options, dtype_mode)
+            workers = max_workers or os.cpu_count() or 1
+            with _Pump(reader, progress, total, workers) as pump:
+                if target == "ims":
+                    _to_ims(reader, volumes, temps[0], pump, options)
+                else:
+                    _to_bdv(reader, volumes, temps[0], pump, options, dtype_mode)
         _publish(target, temps, finals)
     except BaseException:
         for p in temps:
@@ -297,16 +299,35 @@ def _report_lost(reader: Any, lost: dict[int, Exception], target: str) -> None:
 
 
 class _Pump:
-    """Reads level-0 slabs into one reused buffer and reports progress."""
+    """Reads level-0 slabs into one reused buffer and reports progress.
 
-    def __init__(self, reader: Any, progress: ProgressCallback | None, total: int) -> None:
+    Chunks whose filters fastims decodes itself (none, shuffle, deflate, LZ4: what
+    fastims, ImarisWriter and most BDV writers produce) are fetched raw with
+    ``read_direct_chunk`` and decoded on a thread pool (the decoders release the GIL), as
+    HDF5's own pipeline inflates on one thread with a slower zlib.  Other pipelines
+    (scale-offset, fletcher32...), partial chunks and unallocated chunks go through HDF5.
+    """
+
+    def __init__(self, reader: Any, progress: ProgressCallback | None, total: int, workers: int) -> None:
         self.reader = reader
         self.progress = progress
         self.total = total
         self.done = 0
         self._buf: np.ndarray | None = None
+        self._codecs: dict[tuple[int, int], Any] = {}
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="fastims-read") if workers > 1 else None
         if progress is not None:
             progress(0, total)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> _Pump:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _buffer(self, vol: _Volume) -> np.ndarray:
         shape = (vol.depth, vol.shape[1], vol.shape[2])
@@ -318,7 +339,7 @@ class _Pump:
 
     def slabs(self, vol: _Volume) -> Any:
         """Yield ``(z0, block)`` over the volume; `block` is only valid until the next step."""
-        nz, ny, nx = vol.shape
+        nz = vol.shape[0]
         buf = self._buffer(vol)
         if not vol.present:
             buf[...] = 0
@@ -326,12 +347,87 @@ class _Pump:
             z1 = min(nz, z0 + vol.depth)
             block = buf[: z1 - z0]
             if vol.present:
-                sel = (slice(z0, z1), slice(0, ny), slice(0, nx))
-                self.reader._read_into(0, vol.t, vol.c, sel, block, None)
+                self._read(vol, z0, block)
             yield z0, block
             self.done += block.nbytes
             if self.progress is not None:
                 self.progress(self.done, self.total)
+
+    def _read(self, vol: _Volume, z0: int, block: np.ndarray) -> None:
+        """Planes ``z0 ..`` of a volume into `block` (slabs start on chunk boundaries)."""
+        nz, ny, nx = block.shape
+        key = (vol.t, vol.c)
+        if key not in self._codecs:
+            ds, _ = self.reader._get_dataset(0, vol.t, vol.c)
+            self._codecs[key] = (ds, _direct_codec(ds, block.dtype))
+        ds, codec = self._codecs[key]
+        if codec is None:
+            sel = (slice(z0, z0 + nz), slice(0, ny), slice(0, nx))
+            self.reader._read_into(0, vol.t, vol.c, sel, block, None)
+            return
+        cz, cy, cx = ds.chunks
+        offsets = [(oz, oy, ox) for oz in range(z0, z0 + nz, cz) for oy in range(0, ny, cy) for ox in range(0, nx, cx)]
+        if self._pool is None:
+            for offset in offsets:
+                self._chunk(vol, ds, codec, offset, z0, block)
+            return
+        futures = [self._pool.submit(self._chunk, vol, ds, codec, o, z0, block) for o in offsets]
+        wait(futures)  # every task is done with `block` before an error propagates
+        for f in futures:
+            f.result()
+
+    def _chunk(self, vol: _Volume, ds: Any, codec: Any, offset: tuple[int, int, int], z0: int,
+               block: np.ndarray) -> None:
+        """Decode one chunk into its place in `block` (a worker thread)."""
+        oz, oy, ox = offset
+        dz, dy, dx = (min(c, n - o) for c, n, o in zip(ds.chunks, (z0 + block.shape[0], *block.shape[1:]), offset))
+        dest = (slice(oz - z0, oz - z0 + dz), slice(oy, oy + dy), slice(ox, ox + dx))
+        try:
+            mask, data = ds.id.read_direct_chunk(offset)
+        except (OSError, KeyError, ValueError):
+            mask, data = -1, None  # e.g. a chunk never written: HDF5 returns the fill value
+        if mask != 0:  # some filter skipped for this chunk, or no chunk: let HDF5 do it
+            sel = (slice(oz, oz + dz), slice(oy, oy + dy), slice(ox, ox + dx))
+            self.reader._read_into(0, vol.t, vol.c, sel, block, dest)
+            return
+        try:
+            chunk = codec.decode(data, ds.chunks, block.dtype)
+        except FormatError as exc:
+            raise FormatError(f"{self.reader.path.name}: chunk {offset} of {ds.name}: {exc}") from exc
+        block[dest] = chunk[:dz, :dy, :dx]
+
+
+def _direct_codec(ds: Any, dtype: np.dtype) -> Any:
+    """A :class:`~fastims.compression.Codec` decoding `ds`'s chunks, or ``None`` if HDF5 must."""
+    from fastims.compression import FILTER_DEFLATE, FILTER_LZ4, FILTER_SHUFFLE, Codec
+
+    disk = ds.dtype
+    if ds.chunks is None or len(ds.chunks) != 3 or disk.kind not in "uif" or disk.itemsize != dtype.itemsize:
+        return None
+    if not disk.isnative and disk.itemsize > 1:
+        return None
+    try:
+        plist = ds.id.get_create_plist()
+        filters = [plist.get_filter(i)[:3] for i in range(plist.get_nfilters())]
+    except Exception:  # pragma: no cover - an odd dataset: HDF5 reads it
+        return None
+    shuffle = bool(filters) and filters[0][0] == FILTER_SHUFFLE
+    if shuffle:
+        values = filters[0][2]
+        if values and values[0] != disk.itemsize:
+            return None
+        filters = filters[1:]
+    ids = [f[0] for f in filters]
+    if ids == []:
+        compression = None
+    elif ids == [FILTER_DEFLATE]:
+        compression = "gzip"
+    elif ids == [FILTER_LZ4]:
+        compression = "lz4"
+    else:
+        return None
+    # the level only matters for encoding; any deflate stream inflates
+    return Codec(compression, level=1 if compression == "gzip" else 0, shuffle=shuffle, itemsize=disk.itemsize)
 
 
 def _abandon(writer: Any, exc: BaseException) -> None:
@@ -582,8 +678,10 @@ def _bdv_layout(reader: Any) -> tuple[dict[str, int], dict[str, list[str]], list
     if not isinstance(reader, BdvReader):
         vox = tuple(float(v) for v in reader.voxel_size)
         unit = reader.unit or "um"
-        setups = [_BdvSetup({**dict.fromkeys(_BDV_KINDS, 0), "channel": c}, names[c], vox, unit)  # type: ignore[arg-type]
-                  for c in range(nc)]
+        setups = [
+            _BdvSetup(_channel_keys(c), names[c], vox, unit)  # type: ignore[arg-type]
+            for c in range(nc)
+        ]
         counts = {**dict.fromkeys(_BDV_KINDS, 1), "channel": nc}
         return counts, {"channel": list(names)}, setups
 
@@ -601,7 +699,7 @@ def _bdv_layout(reader: Any) -> tuple[dict[str, int], dict[str, list[str]], list
         tiles = values.get("tile", {})
     else:
         # attributes do not tell the setups apart (or use kinds the writer lacks): one channel each
-        keys = [{**dict.fromkeys(_BDV_KINDS, 0), "channel": c} for c in range(nc)]
+        keys = [_channel_keys(c) for c in range(nc)]
         counts = {**dict.fromkeys(_BDV_KINDS, 1), "channel": nc}
         labels = {"channel": list(names)}
         tiles = {}
@@ -615,9 +713,14 @@ def _bdv_layout(reader: Any) -> tuple[dict[str, int], dict[str, list[str]], list
                 loc = (z, y, x)
             except ValueError:
                 loc = None
-        vox = s.voxel_size or reader.voxel_size
-        setups.append(_BdvSetup(k, s.name, tuple(float(v) for v in vox), s.unit or "pixel", loc, s.id))  # type: ignore[arg-type]
+        vox = tuple(float(v) for v in (s.voxel_size or reader.voxel_size))
+        setups.append(_BdvSetup(k, s.name, vox, s.unit or "pixel", loc, s.id))  # type: ignore[arg-type]
     return counts, labels, setups
+
+
+def _channel_keys(c: int) -> dict[str, int]:
+    """BDV view keys of channel `c` (every other attribute 0)."""
+    return {**dict.fromkeys(_BDV_KINDS, 0), "channel": c}
 
 
 def _entity_name(values: dict[str, dict[int, Any]], kind: str, eid: int) -> str:

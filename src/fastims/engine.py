@@ -142,10 +142,10 @@ class RawTarget:
 
     The writer thread fills `fd` (a plain descriptor of the file) and `addresses` (chunk
     origin -> file offset, from :func:`fastims.compression.chunk_addresses`) and sets
-    `ready`. Workers then write chunks straight from the slab with ``pwritev``: no gather
-    copy, no GIL held during the copy into the page cache, and the copy spread over every
-    worker instead of queued behind one thread. HDF5 itself is still called only by the
-    writer thread.
+    `ready`. Workers then gather each chunk and ``pwrite`` it in one GIL-free kernel call:
+    no payload queued, no GIL held during the copy into the page cache, and that copy spread
+    over every worker instead of serialised behind one thread. HDF5 itself is still called
+    only by the writer thread.
     """
 
     __slots__ = ("fd", "addresses", "ready")
@@ -307,7 +307,8 @@ class Engine:
             if self._unflushed < self.WRITEBACK_BYTES or fd < 0:
                 return
             self._unflushed = 0
-        _start_writeback(fd)
+        # submitting the I/O costs CPU: let the writer thread do it, not a worker
+        self._put(("call", _start_writeback, (fd,), {}, None))
 
     # -- error handling ----------------------------------------------------------------------
 
@@ -623,11 +624,12 @@ class Engine:
         data = slab.buf[: slab.depth]
         item = data.dtype.itemsize
         src = data.view(np.uint8)  # (depth, Y, X * itemsize)
+        scratch = self._scratch("chunk bytes", (cz * cy * cx * item,), np.uint8)
         for ix in range(-(-nx // cx)):
             if self._error is not None:
                 return
             address = raw.addresses[(slab.z0, iy * cy, ix * cx)]
-            pwrite(raw.fd, src, 0, iy * cy, ix * cx * item, cz, cy, cx * item, address)
+            pwrite(raw.fd, src, 0, iy * cy, ix * cx * item, cz, cy, cx * item, address, scratch)
             self._wrote(cz * cy * cx * item, raw.fd)
 
     def _enqueue_chunk(self, dataset: Any, offset: tuple, payload: Any, nbytes: int, release: np.ndarray | None) -> None:

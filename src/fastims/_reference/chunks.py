@@ -108,15 +108,20 @@ def unshuffle(src: np.ndarray, itemsize: int, out: np.ndarray) -> None:
 
 
 def pwrite_chunk(
-    fd: int, src: np.ndarray, z0: int, y0: int, x0: int, cz: int, cy: int, cx: int, offset: int
+    fd: int, src: np.ndarray, z0: int, y0: int, x0: int, cz: int, cy: int, cx: int, offset: int,
+    scratch: np.ndarray,
 ) -> None:
     """Write the zero-padded chunk ``src[z0:z0+cz, y0:y0+cy, x0:x0+cx]`` at file `offset`.
 
-    `src` is a (Z, Y, X * itemsize) uint8 view of the slab; `x0` and `cx` count bytes.
+    `src` is a (Z, Y, X * itemsize) uint8 view of the slab; `x0` and `cx` count bytes. The
+    chunk is gathered into ``scratch[:cz*cy*cx]`` first.
     """
     if cz < 1 or cy < 1 or cx < 1 or offset < 0 or z0 < 0 or y0 < 0 or x0 < 0:
         raise ValueError("chunk extents must be positive, origin and offset non-negative")
-    chunk = np.zeros((cz, cy, cx), dtype=np.uint8)
+    nbytes = cz * cy * cx
+    if scratch.shape[0] < nbytes:
+        raise ValueError(f"scratch holds {scratch.shape[0]} bytes, the chunk needs {nbytes}")
+    chunk = scratch[:nbytes].reshape(cz, cy, cx)
     gather_chunk(np.ascontiguousarray(src), z0, y0, x0, chunk)
     data = memoryview(chunk).cast("B")
     while data:
