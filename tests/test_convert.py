@@ -13,6 +13,7 @@ import pytest
 import fastims
 from fastims import BdvWriter, downsample, write_bdv, write_ims
 from fastims.cli import main
+import fastims.convert as convert_module
 from fastims.convert import SLAB_PLANES, _slab_depth, convert
 
 MRI = "bdv/mri-stack/mri-stack.xml"
@@ -90,6 +91,7 @@ def test_each_target_regenerates_its_own_pyramid(tmp_path, rng):
     # independently of the writers: level 1 is the target rule's block mean of level 0
     with fastims.open(ims) as r:
         assert r.levels == r_levels
+        ims_level1 = r.level_shapes[1]
         factors = tuple(a // b for a, b in zip(r.level_shapes[0][2:], r.level_shapes[1][2:]))
         np.testing.assert_array_equal(r.level(1)[0, 1], downsample(data[0, 1], factors, rule="imaris"))
     with h5py.File(tmp_path / "c.h5", "r") as f:
@@ -98,7 +100,7 @@ def test_each_target_regenerates_its_own_pyramid(tmp_path, rng):
         assert (z, y, x) != (1, 1, 1)
         np.testing.assert_array_equal(r.level(1)[0, 1], downsample(data[0, 1], (z, y, x), rule="bdv"))
         # the two rules differ on odd sizes: the BDV level is ceil-sized
-        assert r.level_shapes[1] != fastims.open(ims).level_shapes[1]
+        assert r.level_shapes[1] != ims_level1
 
 
 def test_ims_to_ims_carries_imaris_metadata(tmp_path, ims_src):
@@ -265,39 +267,95 @@ def test_slab_depth_rule():
     assert _slab_depth(100, 1000, 4, 10) == 4
 
 
+@pytest.mark.parametrize("path", ["direct", "hdf5"])
 @pytest.mark.parametrize("target", ["out.ims", "out.xml"])
-def test_reads_never_exceed_one_slab(tmp_path, rng, monkeypatch, target):
+def test_reads_never_exceed_one_slab(tmp_path, rng, monkeypatch, target, path):
     nz = 100
     vol = rng.integers(0, 65535, (nz, 40, 36), dtype=np.uint16)
     src = tmp_path / "deep.h5"  # a BDV .h5 alone, with thin chunks
-    write_bdv(src, vol, chunks=(4, 16, 16))
+    write_bdv(src, vol, chunks=(4, 16, 16), compression="gzip")
     plane = 40 * 36 * 2
     memory_limit = 4 * 8 * plane  # read slab budget (a quarter of it): 8 planes, two chunks
     depth = _slab_depth(nz, plane, 4, memory_limit // 4)
     assert depth == 8
-    requests: list[tuple[int, int]] = []
-    original = h5py.Dataset.read_direct
+    requests: list[tuple[int, int]] = []  # (first plane, end plane) of every read
+    if path == "hdf5":  # HDF5's pipeline for every read (as for filters fastims does not decode)
+        monkeypatch.setattr(convert_module, "_direct_codec", lambda ds, dtype: None)
+        original = h5py.Dataset.read_direct
 
-    def spy(self, dest, source_sel=None, dest_sel=None):
-        if Path(self.file.filename) == src and "/0/" in self.name:
-            assert source_sel is not None, "a whole-dataset read"
-            z = source_sel[0]
-            requests.append((z.start, z.stop))
-            assert dest.nbytes <= depth * plane
-        return original(self, dest, source_sel, dest_sel)
+        def spy(self, dest, source_sel=None, dest_sel=None):
+            if Path(self.file.filename) == src and "/0/" in self.name:
+                assert source_sel is not None, "a whole-dataset read"
+                requests.append((source_sel[0].start, source_sel[0].stop))
+                assert dest.nbytes <= depth * plane
+            return original(self, dest, source_sel, dest_sel)
 
-    monkeypatch.setattr(h5py.Dataset, "read_direct", spy)
+        monkeypatch.setattr(h5py.Dataset, "read_direct", spy)
+    else:  # raw chunks decoded by fastims
+        original_chunk = convert_module._Pump._chunk
+
+        def spy_chunk(self, vol, ds, codec, offset, z0, block):
+            assert block.nbytes <= depth * plane
+            requests.append((offset[0], offset[0] + ds.chunks[0]))
+            return original_chunk(self, vol, ds, codec, offset, z0, block)
+
+        monkeypatch.setattr(convert_module._Pump, "_chunk", spy_chunk)
     seen = []
     out = convert(src, tmp_path / target, memory_limit=memory_limit, max_workers=2,
                   progress=lambda done, total: seen.append((done, total)))
     monkeypatch.undo()
-    assert max(b - a for a, b in requests) == depth
-    assert sorted(requests) == [(z, min(z + depth, nz)) for z in range(0, nz, depth)]  # each plane once
+    # every read lies inside one slab, slabs are read in order, every plane once
+    slabs = [a // depth for a, _ in requests]
+    assert all(a // depth == (b - 1) // depth for a, b in requests)
+    assert slabs == sorted(slabs)
+    planes = np.zeros(nz, int)
+    for a, b in requests:
+        planes[a:b] += 1
+    # HDF5 reads whole slabs; direct reads are the 3 x 3 chunks of each 4-plane chunk layer
+    assert set(planes.tolist()) == ({1} if path == "hdf5" else {9})
     assert seen[0] == (0, vol.nbytes) and seen[-1] == (vol.nbytes, vol.nbytes)
-    assert len(seen) == len(requests) + 1
+    assert len(seen) == nz // depth + 1 + (nz % depth > 0)
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)
     with fastims.open(out) as r:
         np.testing.assert_array_equal(r[0, 0], vol)
+
+
+def test_direct_chunk_fallbacks(tmp_path, rng, monkeypatch):
+    """Unallocated chunks and chunks stored with a filter skipped are read by HDF5."""
+    vol = rng.integers(0, 65535, (10, 20, 30), dtype=np.uint16)
+    src = tmp_path / "raw.h5"
+    with h5py.File(src, "w") as f:
+        f.create_group("s00")
+        ds = f.create_dataset("t00000/s00/0/cells", shape=vol.shape, dtype=np.uint16, chunks=(4, 8, 8),
+                              compression="gzip", shuffle=True)
+        ds[0:4] = vol[0:4]  # planes 4..7 are never written: fill value 0
+        ds[8:10] = vol[8:10]
+        # a chunk whose deflate was skipped (filter mask bit 1): shuffled bytes, not compressed
+        raw = np.ascontiguousarray(vol[8:12, 8:16, 8:16])
+        padded = np.zeros((4, 8, 8), np.uint16)
+        padded[: raw.shape[0]] = raw
+        shuffled = padded.view(np.uint8).reshape(-1, 2).T.copy()
+        ds.id.write_direct_chunk((8, 8, 8), shuffled.tobytes(), filter_mask=0b10)
+    expect = vol.copy()
+    expect[4:8] = 0
+    with fastims.open(src) as r:
+        np.testing.assert_array_equal(r[0, 0], expect)  # HDF5's own answer
+    from fastims.reader import BaseReader
+
+    original = BaseReader._read_into
+    fallbacks = []
+
+    def spy(self, level, t, c, source_sel, out, dest_sel):
+        fallbacks.append(tuple(s.start for s in source_sel))
+        return original(self, level, t, c, source_sel, out, dest_sel)
+
+    monkeypatch.setattr(BaseReader, "_read_into", spy)
+    out = convert(src, tmp_path / "raw.ims", compression=None)
+    monkeypatch.undo()
+    # the 3 x 4 unallocated chunks of planes 4..7 and the chunk without deflate
+    assert sorted(fallbacks) == sorted([(4, y, x) for y in (0, 8, 16) for x in (0, 8, 16, 24)] + [(8, 8, 8)])
+    with fastims.open(out) as r:
+        np.testing.assert_array_equal(r[0, 0], expect)
 
 
 # ---------------------------------------------------------------------------------------
@@ -315,11 +373,14 @@ def fail_after_first_slab(done, total):
 
 
 @pytest.mark.parametrize("target", ["out.ims", "out.xml", "out.h5"])
-def test_failure_removes_temporary_files(tmp_path, ims_src, target):
+def test_failure_removes_temporary_files(tmp_path, ims_src, target, caplog):
     before = listing(tmp_path)
-    with pytest.raises(Boom):
+    with caplog.at_level("DEBUG", logger="fastims"), pytest.raises(Boom):
         convert(ims_src, tmp_path / target, progress=fail_after_first_slab)
     assert listing(tmp_path) == before
+    # the writer was abandoned, not completed (no zero-filling, no warnings on stderr)
+    assert not [r for r in caplog.records if r.levelno >= 30], caplog.text
+    assert "closed aborted" in caplog.text
 
 
 def test_failure_keeps_the_existing_output(tmp_path, ims_src, rng):
@@ -349,6 +410,8 @@ def test_argument_errors(tmp_path, ims_src):
         convert(ims_src, tmp_path / "x.ims", dtype_mode="typed")
     with pytest.raises(ValueError, match="compression"):
         convert(ims_src, tmp_path / "x.ims", compression="zstd")
+    with pytest.raises(ValueError, match="max_workers"):
+        convert(ims_src, tmp_path / "x.ims", max_workers=0)
     with pytest.raises(FileNotFoundError, match="output folder"):
         convert(ims_src, tmp_path / "no" / "x.ims")
     (tmp_path / "bad.ims").write_text("not hdf5")
@@ -393,3 +456,21 @@ def test_cli_memory_limit_units():
     assert _byte_size("512MiB") == 512 << 20
     assert _byte_size("1.5g") == 1_500_000_000
     assert _byte_size("1000000") == 1_000_000
+
+
+def test_setup_without_any_data(tmp_path, rng):
+    src = tmp_path / "half.xml"
+    vol = rng.integers(0, 65535, (4, 10, 12), dtype=np.uint16)
+    with pytest.warns(UserWarning, match="incomplete views"):
+        with BdvWriter(src, nchannels=2, allow_incomplete=True) as w:
+            for c in range(2):
+                w.add_view(channel=c, shape=vol.shape, dtype="uint16", name=f"ch{c}")
+            w.write(vol, channel=0)  # setup 1 is declared but never written
+    with pytest.raises(ValueError, match=r"no data for setup 1 \(ch1\)"):
+        convert(src, tmp_path / "half.ims")
+    with pytest.warns(UserWarning, match=r"left out: setup 1 \(ch1\)"):
+        out = convert(src, tmp_path / "half2.xml")
+    with fastims.open(out) as r:
+        assert r.channel_names == ["ch0"]
+        np.testing.assert_array_equal(r[0, 0], vol)
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())

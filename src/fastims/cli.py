@@ -165,10 +165,18 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         text = str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)
         print(f"fastims: error: {text.replace('pass overwrite=True', 'use --overwrite')}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        if bar is not None:
+            bar.close()
+        print("fastims: interrupted; no output was written", file=sys.stderr)
+        return 130
     elapsed = time.perf_counter() - t0
     if bar is not None:
         bar.close()
-    size = sum(p.stat().st_size for p in {out, out.with_suffix(".h5")} if p.exists())
+    from fastims.bdv.writer import pair_paths
+
+    files = {out} if out.suffix.lower() == ".ims" else set(pair_paths(args.output))
+    size = sum(p.stat().st_size for p in files if p.exists())
     mb = seen[1] / 1e6
     print(f"converted {args.input} -> {out}: {mb:.1f} MB in {elapsed:.2f} s "
           f"({mb / max(elapsed, 1e-9):.0f} MB/s), output {size / 1e6:.1f} MB")
@@ -204,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("input", help="source .ims, BDV .xml or BDV .h5")
     conv.add_argument("output", help="target: .ims (Imaris) or .xml/.h5 (BigDataViewer)")
     conv.add_argument("--compression", type=_compression, default="gzip", help="none, gzip (default) or lz4")
-    conv.add_argument("--level", type=int, default=None, help="gzip level (default: the target's, 2 .ims / 6 BDV)")
+    conv.add_argument("--level", type=int, default=None, help="gzip level (default 2)")
     conv.add_argument("--shuffle", action="store_true", help="byte-shuffle before the codec")
     conv.add_argument("--workers", type=int, default=None, help="encoding threads (default: CPUs)")
     conv.add_argument("--memory-limit", type=_byte_size, default=None, metavar="BYTES",

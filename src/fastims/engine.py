@@ -281,6 +281,7 @@ class Engine:
         self._error: BaseException | None = None
         self._local = threading.local()
         self._closed = False
+        self._aborted = False
         self._writeback_fd = -1
         self._unflushed = 0  # bytes written since the last writeback hint
         self._writer = threading.Thread(target=self._writer_loop, name="fastims-hdf5", daemon=True)
@@ -317,12 +318,23 @@ class Engine:
         """The first exception raised by a worker or the writer thread, if any."""
         return self._error
 
-    def _fail(self, exc: BaseException) -> None:
+    def _fail(self, exc: BaseException, *, log: bool = True) -> None:
         with self._cv:
             if self._error is None:
                 self._error = exc
-                logger.error("fastims background task failed: %r", exc)
+                if log:
+                    logger.error("fastims background task failed: %r", exc)
             self._cv.notify_all()
+
+    @property
+    def aborted(self) -> bool:
+        """True once :meth:`abort` was called."""
+        return self._aborted
+
+    def abort(self, reason: BaseException) -> None:
+        """Stop: queued tasks and chunk writes are skipped and `reason` becomes the error."""
+        self._aborted = True
+        self._fail(reason, log=False)
 
     def check(self) -> None:
         """Re-raise, in the caller's thread, the first error of a background task."""

@@ -823,6 +823,17 @@ class BdvWriter(_ViewStreamer):
         """
         self._close(raising=True)
 
+    def abort(self) -> None:
+        """Stop without completing the file: skip queued work, zero-fill nothing, close.
+
+        For callers that will delete the file anyway (a failed conversion). The file is
+        left closed but incomplete; nothing is raised.
+        """
+        if self._closed:
+            return
+        self._engine.abort(WriterStateError(f"{self.xml_path} was aborted"))
+        self._close(raising=False)
+
     def __enter__(self) -> BdvWriter:
         return self
 
@@ -893,7 +904,10 @@ class BdvWriter(_ViewStreamer):
         if error is not None:
             if raising:
                 raise error
-            logger.warning("closing %s after an error: %r", self.xml_path, error)
+            if self._engine.aborted:
+                logger.debug("closed aborted %s", self.xml_path)
+            else:
+                logger.warning("closing %s after an error: %r", self.xml_path, error)
 
     def _present(self) -> set[tuple[int, int]]:
         return {key for key, view in self._views.items() if view.stream is not None}

@@ -235,6 +235,17 @@ class ImsWriter:
         """
         self._close(raising=True)
 
+    def abort(self) -> None:
+        """Stop without completing the file: skip queued work, zero-fill nothing, close.
+
+        For callers that will delete the file anyway (a failed conversion). The file is
+        left closed but incomplete; nothing is raised.
+        """
+        if self._closed:
+            return
+        self._engine.abort(WriterStateError(f"{self.path} was aborted"))
+        self._close(raising=False)
+
     def __enter__(self) -> ImsWriter:
         return self
 
@@ -318,7 +329,10 @@ class ImsWriter:
         if error is not None:
             if raising:
                 raise error
-            logger.warning("closing %s after an error: %r", self.path, error)
+            if self._engine.aborted:
+                logger.debug("closed aborted %s", self.path)
+            else:
+                logger.warning("closing %s after an error: %r", self.path, error)
 
     # -- writer thread: HDF5 only here ---------------------------------------------------
 
