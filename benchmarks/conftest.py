@@ -75,3 +75,35 @@ def io_helpers():
 def report():
     """``report(benchmark, input_bytes, **extra)`` stores MB/s of input in extra_info."""
     return _report
+
+
+def _deflate_ratio(data: np.ndarray, *, level: int = 1) -> float:
+    """Raw bytes / zlib(`level`) bytes of `data`, streamed in 4 MiB pieces."""
+    import zlib
+
+    raw = memoryview(np.ascontiguousarray(data)).cast("B")
+    enc = zlib.compressobj(level)
+    size = 0
+    step = 4 << 20
+    for start in range(0, len(raw), step):
+        size += len(enc.compress(raw[start:start + step]))
+    size += len(enc.flush())
+    return raw.nbytes / max(1, size)
+
+
+@pytest.fixture(scope="session")
+def deflate_ratio(camera_bank) -> float:
+    """How compressible the benchmark frames are: zlib level 1 ratio of the bank's raw bytes.
+
+    A generic yardstick that does not depend on any codec under test, so that results on
+    other data can be compared (real camera data of a sparse sample deflates better).
+    """
+    return round(_deflate_ratio(camera_bank, level=1), 3)
+
+
+@pytest.fixture(autouse=True)
+def _record_deflate_ratio(request: pytest.FixtureRequest) -> None:
+    """Put the bank's ``deflate_ratio`` into the extra_info of every benchmark that uses the bank."""
+    names = request.fixturenames
+    if "benchmark" in names and "camera_bank" in names:
+        request.getfixturevalue("benchmark").extra_info["deflate_ratio"] = request.getfixturevalue("deflate_ratio")
