@@ -108,3 +108,12 @@ def test_simulate_rejects_bad_arguments(tmp_path):
         main(["simulate", str(tmp_path / "x.ims"), "--size", "12by12"])
     with pytest.raises(SystemExit):
         main(["simulate", str(tmp_path / "x.ims"), "--frames", "0"])
+
+
+def test_bench_cli(tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert main(["bench", "--size", "48x64", "--frames", "8", "--fps", "2000", "--out", str(out), "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "recommended" in text or "no setting sustains" in text
+    assert (out / "bench.json").stat().st_size > 0
+    assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -27,6 +27,8 @@ _LAZY = {
     "BdvReader": "fastims.bdv.reader",
     "read_bdv": "fastims.bdv.reader",
     "open": "fastims.reader",
+    "link_ims": "fastims.link",
+    "link_bdv": "fastims.link",
 }
 
 __all__ = [

@@ -153,16 +153,37 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         rate = done / 1e6 / max(1e-9, time.perf_counter() - t0)
         bar.update(math.ceil(done / 1e6) - bar.count, extra=f"{rate:.0f} MB/s")
 
+    from fastims.link import is_pattern
+
+    tiles = is_pattern(args.input)
+    # --workers: processes of a local cluster for tile patterns, else encoding threads
+    threads = args.threads if args.threads is not None else (None if tiles else args.workers)
+    cluster = {}
+    if tiles:
+        cluster = {"scheduler": args.scheduler,
+                   "workers": args.workers if args.scheduler is None else None}
+    elif args.scheduler is not None:
+        print("fastims: error: --scheduler needs a tile pattern as input (e.g. 'raw/tile_{x}_{y}.tif')",
+              file=sys.stderr)
+        return 1
+    extra = {k: v for k, v in (("voxel_size", args.voxel_size), ("unit", args.unit),
+                                ("channel_names", args.channel_names), ("origin", args.origin))
+             if v is not None}
+    if args.overlap:
+        extra["overlap"] = args.overlap
     try:
         out = convert(
             args.input, args.output, compression=args.compression, compression_level=args.level,
-            shuffle=args.shuffle, max_workers=args.workers, memory_limit=args.memory_limit,
-            overwrite=args.overwrite, progress=report,
+            shuffle=args.shuffle, max_workers=threads, memory_limit=args.memory_limit,
+            overwrite=args.overwrite, progress=report, **extra, **cluster,
         )
-    except (OSError, ValueError, TypeError, KeyError, IndexError, FastimsError) as exc:
+    except (OSError, ValueError, TypeError, KeyError, IndexError, FastimsError, ImportError, MemoryError) as exc:
         if bar is not None:
             bar.close()
         text = str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)
+        notes = getattr(exc, "__notes__", None)
+        if notes:
+            text += " (" + "; ".join(notes) + ")"
         print(f"fastims: error: {text.replace('pass overwrite=True', 'use --overwrite')}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -176,10 +197,45 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     from fastims.bdv.writer import pair_paths
 
     files = {out} if out.suffix.lower() == ".ims" else set(pair_paths(args.output))
+    if tiles:  # the linked file is tiny: count the tiles written beside it
+        files |= {p for p in out.parent.glob(f"{out.stem}_*") if p.suffix.lower() in (".ims", ".h5", ".xml")}
     size = sum(p.stat().st_size for p in files if p.exists())
     mb = seen[1] / 1e6
     print(f"converted {args.input} -> {out}: {mb:.1f} MB in {elapsed:.2f} s "
           f"({mb / max(elapsed, 1e-9):.0f} MB/s), output {size / 1e6:.1f} MB")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import tempfile
+    from pathlib import Path
+
+    from fastims.bench import run_bench
+
+    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="fastims-bench-"))
+    out.mkdir(parents=True, exist_ok=True)
+    bar: Progress | None = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = Progress(total, "bench", enabled=None if not args.no_progress else False)
+        bar.update(done - bar.count)
+
+    report = run_bench(size=args.size, dtype=args.dtype, fps=args.fps, fmt=args.format, out_dir=out,
+                       frames=args.frames, progress=progress)
+    if bar is not None:
+        bar.close()
+    print(report.to_table())
+    best = report.recommended
+    if best is None:
+        print(f"no setting sustains {args.fps:g} fps on this disk; see the table for the fastest")
+    else:
+        print(f"recommended: {best.setting} ({best.mb_per_s:.0f} MB/s, ratio {best.ratio:.2f}, "
+              f"p99 {best.p99_ms:.1f} ms)")
+    report.write_json(out / "bench.json")
+    report.plot_png(out / "bench.png")
+    print(f"results: {out / 'bench.json'}, plot: {out / 'bench.png'}")
     return 0
 
 
@@ -208,19 +264,113 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--no-progress", action="store_true")
     sim.set_defaults(func=_cmd_simulate)
 
-    conv = sub.add_parser("convert", help="convert between .ims and BigDataViewer (.xml/.h5), pyramid regenerated")
-    conv.add_argument("input", help="source .ims, BDV .xml or BDV .h5")
+    bench = sub.add_parser("bench", help="measure codec x workers settings on this disk against a camera rate")
+    bench.add_argument("--size", type=_size, default=(2048, 2048), help="frame size YxX, default 2048x2048")
+    bench.add_argument("--dtype", default="uint16", choices=["uint8", "uint16", "float32"])
+    bench.add_argument("--fps", type=float, default=100.0, help="camera frame rate (default 100)")
+    bench.add_argument("--format", default="ims", choices=["ims", "bdv"])
+    bench.add_argument("--frames", type=int, default=None, help="frames per setting (default ~512 MiB)")
+    bench.add_argument("--out", default=None, help="folder for bench.json and bench.png (default: a temp dir)")
+    bench.add_argument("--no-progress", action="store_true")
+    bench.set_defaults(func=_cmd_bench)
+
+    conv = sub.add_parser("convert", help="convert images to .ims or BigDataViewer (.xml/.h5), pyramid regenerated")
+    conv.add_argument("input", help="source: .ims, BDV .xml/.h5, a folder of 2-D TIFFs, .tif/.ome.tif, .npy, "
+                                    "or a tile pattern such as 'raw/tile_x_{x:04d}_y_{y:04d}_ch_{ch}.tif' "
+                                    "(one output per file, then a linked file)")
     conv.add_argument("output", help="target: .ims (Imaris) or .xml/.h5 (BigDataViewer)")
     conv.add_argument("--compression", type=_compression, default="gzip", help="none, gzip (default) or lz4")
     conv.add_argument("--level", type=int, default=None, help="gzip level (default 2)")
     conv.add_argument("--shuffle", action="store_true", help="byte-shuffle before the codec")
-    conv.add_argument("--workers", type=int, default=None, help="encoding threads (default: CPUs)")
+    conv.add_argument("--workers", type=int, default=None,
+                      help="encoding threads (default: CPUs); with a tile pattern: worker processes of a "
+                           "local dask cluster converting files in parallel")
+    conv.add_argument("--threads", type=int, default=None, help="encoding threads per file (default: CPUs, "
+                                                                  "shared among --workers)")
+    conv.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                      help="tile patterns: convert on this dask scheduler (e.g. tcp://host:8786)")
+    conv.add_argument("--voxel-size", type=float, nargs=3, default=None, metavar=("Z", "Y", "X"),
+                      help="TIFF/.npy inputs: voxel size (overrides the file's metadata)")
+    conv.add_argument("--unit", default=None, help="TIFF/.npy inputs: unit of --voxel-size (default um)")
+    conv.add_argument("--channel-names", nargs="+", default=None, metavar="NAME",
+                      help="TIFF/.npy inputs: one name per channel")
+    conv.add_argument("--origin", type=float, nargs=3, default=None, metavar=("Z", "Y", "X"),
+                      help="TIFF/.npy inputs: position of the first voxel's corner")
+    conv.add_argument("--overlap", type=float, default=0.0,
+                      help="tile patterns of TIFF/.npy tiles: overlap fraction of neighbouring grid tiles")
     conv.add_argument("--memory-limit", type=_byte_size, default=None, metavar="BYTES",
                       help="bytes in flight, e.g. 2GB or 512MiB (default: 1 GiB or a quarter of RAM)")
     conv.add_argument("--overwrite", action="store_true", help="replace existing output files")
     conv.add_argument("--no-progress", action="store_true")
     conv.set_defaults(func=_cmd_convert)
+
+    link = sub.add_parser(
+        "link", help="link tiles into one .ims (imaris-linker layout) or BDV .xml/.h5, without copying data",
+        description="Link tile files into one dataset through HDF5 external links (relative paths). "
+                    "Tiles are the TILES given, or the grid --pattern names in --path.")
+    link.add_argument("tiles", nargs="*", help="tile files in order (default: the grid of --pattern in --path)")
+    link.add_argument("--path", default=".", help="folder of the tiles (default: the current folder)")
+    link.add_argument("--filename", required=True,
+                      help="linked file, relative to --path: .ims (Imaris) or .xml/.h5 (BigDataViewer)")
+    link.add_argument("--pattern", default=None,
+                      help="tile file names (default tile_x_{x:04d}_y_{y:04d}_z_{z:04d}_ch_{ch}.ims, or .xml for BDV)")
+    for axis in "xyz":
+        link.add_argument(f"--{axis}-tiles", f"--{axis}_tiles", type=int, default=None, dest=f"{axis}_tiles",
+                          help=f"tiles along {axis} (default: as many as the folder holds)")
+    # dest differs from simulate's --channels count, which main() checks as an int
+    link.add_argument("--channels", nargs="+", default=None, dest="channel_labels",
+                      help="channel labels in the names, e.g. 488 561")
+    link.add_argument("--color-range", "--color_range", type=float, nargs="+", default=None, dest="color_range",
+                      metavar="V", help="Imaris: min max per channel")
+    link.add_argument("--color", type=float, nargs="+", default=None, metavar="V",
+                      help="Imaris: r g b (0-1) per channel")
+    link.add_argument("--color-table", "--color_table", default=None, dest="color_table", metavar="CSV",
+                      help="Imaris: colour table, a CSV of r,g,b rows (0-255 or 0-1) for every channel")
+    link.add_argument("--group-channels", action="store_true",
+                      help="Imaris: one dataset per tile with all its channels (default: one per channel, as imaris-linker)")
+    link.add_argument("--overwrite", action="store_true", help="replace an existing linked file")
+    link.set_defaults(func=_cmd_link)
     return parser
+
+
+def _cmd_link(args: argparse.Namespace) -> int:
+    from fastims.errors import FastimsError
+    from fastims.link import DEFAULT_BDV_PATTERN, DEFAULT_IMS_PATTERN, link_bdv, link_ims
+
+    folder = args.path
+    out = args.filename if os.path.isabs(args.filename) else os.path.join(folder, args.filename)
+    imaris = out.lower().endswith(".ims")
+    grid = {"x_tiles": args.x_tiles, "y_tiles": args.y_tiles, "z_tiles": args.z_tiles,
+            "channels": args.channel_labels}
+    try:
+        if not imaris and (args.color is not None or args.color_range is not None or args.color_table is not None):
+            raise ValueError("--color, --color-range and --color-table apply to Imaris (.ims) outputs")
+        if args.tiles:
+            if any(v is not None for v in grid.values()) or args.pattern is not None:
+                raise ValueError("give tile files or a grid (--pattern, --x-tiles...), not both")
+            kwargs: dict = {"sources": args.tiles}
+        else:
+            pattern = args.pattern or (DEFAULT_IMS_PATTERN if imaris else DEFAULT_BDV_PATTERN)
+            kwargs = {"folder": folder, "pattern": pattern, **grid}
+        if imaris:
+            table = None
+            if args.color_table is not None:
+                import numpy as np
+
+                table = np.loadtxt(args.color_table, delimiter=",", ndmin=2)
+                if table.size and table.max() > 1.0:
+                    table = table / 255.0  # imaris-linker's CSV tables are 0-255
+            result = link_ims(out, **kwargs, channel_colors=args.color, color_ranges=args.color_range,
+                              color_table=table, split_channels=not args.group_channels,
+                              overwrite=args.overwrite)
+        else:
+            result = link_bdv(out, **kwargs, overwrite=args.overwrite)
+    except (OSError, ValueError, TypeError, KeyError, FastimsError) as exc:
+        text = str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)
+        print(f"fastims: error: {text.replace('pass overwrite=True', 'use --overwrite')}", file=sys.stderr)
+        return 1
+    print(f"linked -> {result}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from fastims.errors import FormatError
+from fastims.sources import Source
 
 __all__ = ["convert"]
 
@@ -78,12 +79,33 @@ def convert(
     memory_limit: int | None = None,
     overwrite: bool = False,
     progress: ProgressCallback | None = None,
+    voxel_size: Sequence[float] | None = None,
+    unit: str | None = None,
+    channel_names: Sequence[str] | None = None,
+    origin: Sequence[float] | None = None,
+    overlap: float = 0.0,
+    client: Any = None,
+    scheduler: str | None = None,
+    workers: int | None = None,
 ) -> Path:
-    """Convert an Imaris or BigDataViewer dataset to either format.
+    """Convert an image to an Imaris or BigDataViewer dataset.
 
-    The output format follows the extension of `dst`: ``.ims`` writes Imaris, ``.xml`` or
-    ``.h5`` writes a BigDataViewer ``.xml`` + ``.h5`` pair (both named after `dst`).
-    ``.ims`` -> ``.ims`` and BDV -> BDV re-encode (other codec, regenerated pyramid).
+    Inputs: an ``.ims`` file, a BDV ``.xml`` / ``.h5``, a folder of 2-D TIFF files (one Z
+    plane each, natural order), a TIFF file (multi-page, ImageJ or OME-TIFF; needs
+    ``tifffile``), a ``.npy`` array, or a *tile pattern* (below). The output format follows
+    the extension of `dst`: ``.ims`` writes Imaris, ``.xml`` or ``.h5`` writes a
+    BigDataViewer ``.xml`` + ``.h5`` pair (both named after `dst`). ``.ims`` -> ``.ims`` and
+    BDV -> BDV re-encode (other codec, regenerated pyramid).
+
+    Tiles and time points: a `src` with fields, e.g. ``"raw/tile_x_{x:04d}_y_{y:04d}_ch_{ch}.tif"``
+    (see :class:`fastims.link.TilePattern`), converts every matching file to its own output
+    beside `dst` (``{dst stem}_{input stem}.ims`` or ``.xml``/``.h5``), then links them into
+    `dst` with :func:`fastims.link.link_ims` / :func:`fastims.link.link_bdv`. The grid must be
+    complete and the tiles must agree in size, data type and voxel size (checked before any
+    conversion). With `client`, `scheduler` or `workers` the files are converted in parallel
+    on a ``dask.distributed`` cluster, one output file per task (HDF5 has one writer per
+    file); see :func:`fastims.distributed.convert_tiles`. The paths must then be visible to
+    every worker (a shared file system).
 
     What is carried over:
 
@@ -132,7 +154,29 @@ def convert(
         Replace existing output files; otherwise they raise :class:`FileExistsError`.
         Converting a file onto itself works (the source is read before the rename).
     progress : callable, optional
-        Called as ``progress(done_bytes, total_bytes)`` after every slab (level-0 bytes).
+        Called as ``progress(done_bytes, total_bytes)`` after every slab (level-0 bytes; with
+        a cluster, after every finished file).
+    voxel_size : (float, float, float), optional
+        TIFF and ``.npy`` inputs: ``(z, y, x)`` voxel size, overriding the file's metadata.
+    unit : str, optional
+        TIFF and ``.npy`` inputs: unit of the voxel size (default the file's, else ``"um"``).
+    channel_names : sequence of str, optional
+        TIFF and ``.npy`` inputs: one name per channel (for a tile pattern: per channel of the
+        linked dataset).
+    origin : (float, float, float), optional
+        TIFF and ``.npy`` inputs: ``(z, y, x)`` position of the corner of voxel 0.
+    overlap : float, optional
+        Tile patterns of TIFF / ``.npy`` tiles: fraction (0 <= overlap < 1) by which
+        neighbouring tiles of the ``{x}``/``{y}``/``{z}`` grid overlap; each tile is placed
+        at grid index x tile extent x (1 - overlap). Imaris and BDV tiles keep their own
+        positions.
+    client : dask.distributed.Client, optional
+        Tile patterns: convert on this cluster.
+    scheduler : str, optional
+        Tile patterns: address of a running dask scheduler (``tcp://host:8786``).
+    workers : int, optional
+        Tile patterns: start a local ``dask.distributed.LocalCluster`` with this many worker
+        processes.
 
     Returns
     -------
@@ -151,17 +195,43 @@ def convert(
     TypeError
         For a data type the target cannot store (e.g. int16).
     FormatError
-        If `src` is not a readable Imaris or BigDataViewer dataset.
+        If `src` is not a readable dataset (the message names the file).
+    ImportError
+        For a TIFF input without ``tifffile``, or a cluster without ``distributed``.
 
     Examples
     --------
     >>> from fastims.convert import convert
     >>> convert("cells.ims", "cells.xml", compression="gzip")  # doctest: +SKIP
     PosixPath('cells.xml')
+    >>> convert("tiles/t_{x}_{y}.tif", "all.ims", voxel_size=(2, 0.5, 0.5),
+    ...         workers=4)  # doctest: +SKIP
+    PosixPath('all.ims')
     """
-    import fastims
+    from fastims.link import is_pattern
 
+    if is_pattern(src):
+        from fastims.distributed import convert_tiles
+
+        return convert_tiles(
+            src, dst, compression=compression, compression_level=compression_level, shuffle=shuffle,
+            dtype_mode=dtype_mode, max_workers=max_workers, memory_limit=memory_limit,
+            overwrite=overwrite, progress=progress, voxel_size=voxel_size, unit=unit,
+            channel_names=channel_names, origin=origin, overlap=overlap, client=client,
+            scheduler=scheduler, workers=workers,
+        )
+    if client is not None or scheduler is not None or workers is not None:
+        raise ValueError(
+            "client, scheduler and workers spread tiles over a cluster; give src as a tile "
+            "pattern such as 'tile_{x}_{y}.tif' (one file converts in this process, its "
+            "threads set by max_workers)"
+        )
+    if overlap:
+        raise ValueError("overlap places the tiles of a tile pattern; src is a single input")
     src_path = Path(os.fspath(src))
+    source_options = _source_options(src_path, voxel_size=voxel_size, unit=unit,
+                                      channel_names=channel_names, origin=origin,
+                                      memory_limit=memory_limit)
     target, finals = _outputs(dst)
     if compression not in _COMPRESSIONS:
         raise ValueError(f"compression must be one of {_COMPRESSIONS}, got {compression!r}")
@@ -206,7 +276,7 @@ def convert(
 
     temps = _temp_paths(target, finals)
     try:
-        with fastims.open(src_path) as reader:
+        with _open_input(src_path, source_options) as reader:
             volumes, lost = _plan(reader, budget)
             if lost:
                 _report_lost(reader, lost, target)
@@ -228,6 +298,41 @@ def convert(
 # ---------------------------------------------------------------------------------------
 # planning
 # ---------------------------------------------------------------------------------------
+
+
+def _source_options(
+    src: Path,
+    *,
+    voxel_size: Sequence[float] | None,
+    unit: str | None,
+    channel_names: Sequence[str] | None,
+    origin: Sequence[float] | None,
+    memory_limit: int | None,
+) -> dict[str, Any] | None:
+    """Keywords for :func:`fastims.sources.open_source`, or ``None`` for .ims/BDV inputs."""
+    from fastims.sources import is_source_path
+
+    given = {"voxel_size": voxel_size, "unit": unit, "channel_names": channel_names, "origin": origin}
+    if not is_source_path(src):
+        used = [k for k, v in given.items() if v is not None]
+        if used:
+            raise ValueError(
+                f"{', '.join(used)} apply to TIFF and .npy inputs; {src.name} carries its own "
+                "metadata"
+            )
+        return None
+    return {**given, "memory_limit": memory_limit}
+
+
+def _open_input(src: Path, source_options: dict[str, Any] | None) -> Any:
+    """A reader (.ims, BDV) or a :class:`fastims.sources.Source` (TIFF, .npy) for `src`."""
+    if source_options is None:
+        import fastims
+
+        return fastims.open(src)
+    from fastims.sources import open_source
+
+    return open_source(src, **source_options)
 
 
 def _outputs(dst: str | os.PathLike[str]) -> tuple[str, list[Path]]:
@@ -288,12 +393,15 @@ def _plan(reader: Any, budget: int) -> tuple[list[_Volume], dict[int, Exception]
             lost[c] = exc
             continue
         for t in range(nt):
-            try:
-                ds, _ = reader._get_dataset(0, t, c)
-            except KeyError:  # a BDV missing view
-                volumes.append(_Volume(t, c, shape, dtype, 1, False))  # type: ignore[arg-type]
-                continue
-            chunk_depth = ds.chunks[0] if ds.chunks else None
+            if isinstance(reader, Source):
+                chunk_depth = reader.chunk_depth
+            else:
+                try:
+                    ds, _ = reader._get_dataset(0, t, c)
+                except KeyError:  # a BDV missing view
+                    volumes.append(_Volume(t, c, shape, dtype, 1, False))  # type: ignore[arg-type]
+                    continue
+                chunk_depth = ds.chunks[0] if ds.chunks else None
             plane = shape[1] * shape[2] * dtype.itemsize
             depth = _slab_depth(shape[0], plane, chunk_depth, budget)
             volumes.append(_Volume(t, c, shape, dtype, depth, True))  # type: ignore[arg-type]
@@ -366,6 +474,9 @@ class _Pump:
 
     def _read(self, vol: _Volume, z0: int, block: np.ndarray) -> None:
         """Planes ``z0 ..`` of a volume into `block` (slabs start on chunk boundaries)."""
+        if isinstance(self.reader, Source):
+            self.reader.read(vol.t, vol.c, z0, block)
+            return
         nz, ny, nx = block.shape
         key = (vol.t, vol.c)
         if key not in self._codecs:
@@ -528,10 +639,16 @@ def _ims_extras(reader: Any) -> dict[str, Any]:
     """ImsWriter options only an Imaris source has: colours, ranges, name, origin, times."""
     from fastims.ims.reader import ImsReader
 
+    if isinstance(reader, Source):
+        out: dict[str, Any] = {"origin": reader.origin}
+        colors = reader.channel_colors
+        if colors is not None and all(col is not None for col in colors):
+            out["channel_colors"] = colors
+        return out
     if not isinstance(reader, ImsReader):
         return {}
     nc = reader.shape[1]
-    out: dict[str, Any] = {}
+    out = {}
     colors = reader.channel_colors
     if colors is not None and all(col is not None for col in colors):
         # tolerate out-of-range colours of foreign files rather than fail the conversion
