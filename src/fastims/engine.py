@@ -68,7 +68,11 @@ class LevelSpec:
 
 
 def default_memory_limit() -> int:
-    """Default budget: 512 MiB (ImarisWriter holds 330-520 MiB), or 1/8 of RAM when smaller."""
+    """Floor of the automatic budget: 512 MiB (ImarisWriter holds 330-520 MiB), or 1/8 of RAM.
+
+    The same floor for shallow and deep stacks keeps memory flat in Z;
+    :meth:`Engine.open_stream` raises the automatic budget when the open streams need more.
+    """
     try:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
@@ -272,7 +276,9 @@ class Engine:
         if memory_limit is not None and (not isinstance(memory_limit, int) or memory_limit < 1):
             raise ValueError(f"memory_limit must be a positive number of bytes, got {memory_limit!r}")
         self.max_workers = max_workers or os.cpu_count() or 1
+        self._auto_limit = memory_limit is None
         self.memory_limit = memory_limit or default_memory_limit()
+        self._streams: list[Stream] = []
         self._pool = ThreadPoolExecutor(self.max_workers, thread_name_prefix="fastims-worker")
         self._queue: queue.Queue = queue.Queue()
         self._cv = threading.Condition()
@@ -502,8 +508,30 @@ class Engine:
             fz = spec.factors[0]
             if src.chunks[0] % fz:
                 raise ValueError(f"level {spec.source} chunk depth {src.chunks[0]} is not a multiple of the z factor {fz} of level {i}")
-        return Stream(self, key, dtype=np.dtype(dtype), levels=levels, datasets=datasets, codec=codec,
-                      rule=rule, histograms=histograms, on_done=on_done)
+        stream = Stream(self, key, dtype=np.dtype(dtype), levels=levels, datasets=datasets, codec=codec,
+                        rule=rule, histograms=histograms, on_done=on_done)
+        if self._auto_limit:
+            self._grow_limit(stream)
+        return stream
+
+    def _grow_limit(self, stream: Stream) -> None:
+        """Raise the automatic budget to one slab per level per open stream plus 64 MiB.
+
+        Every open stream holds one slab per level while it is being filled. Channels written
+        interleaved are open together: without this, their slabs alone could exhaust a fixed
+        budget and serialise the pipeline. (A single stream stays within the floor, which
+        keeps memory flat in Z.)
+        """
+        def slab_bytes(spec: LevelSpec) -> int:
+            return spec.chunks[0] * spec.shape[1] * spec.shape[2] * stream.dtype.itemsize
+
+        with self._cv:
+            self._streams = [s for s in self._streams if not s.finished] + [stream]
+            need = sum(sum(slab_bytes(lv.spec) for lv in s.levels) for s in self._streams) + (64 << 20)
+            if need > self.memory_limit:
+                logger.debug("memory budget raised to %d MiB for %d open streams", need >> 20, len(self._streams))
+                self.memory_limit = need
+                _POOL.retain_bytes = max(_POOL.retain_bytes, need)
 
     def write(self, stream: Stream, z0: int, block: np.ndarray) -> None:
         """Copy planes ``block[i]`` to plane ``z0 + i`` of level 0; complete slabs start their tasks.
