@@ -340,17 +340,6 @@ class BdvEditor(_ViewStreamer):
     def metadata(self) -> dict[str, str]:
         """The ``<generatedBy>`` metadata (microscope, microscope_version, user, other keys)."""
         return xmlwrite.generated_by(self._root)
-        micro = gen.find("microscope")
-        if micro is not None:
-            for key, tag in (("microscope", "name"), ("microscope_version", "version"), ("user", "user")):
-                text = micro.findtext(tag)
-                if text is not None:
-                    out[key] = text.strip()
-        block = gen.find("metadata")
-        if block is not None:
-            for child in block:
-                out[child.tag] = (child.text or "").strip()
-        return out
 
     def set_attribute_labels(self, kind: str, labels: Mapping[int, str] | Sequence[str]) -> None:
         """Names of attribute entities (e.g. channel names), by id (mapping) or in id order."""

@@ -1262,17 +1262,6 @@ def _setup_extras(xml_path: Path) -> dict[int, dict[str, Any]]:
 
 def _generated_by(xml_path: Path) -> dict[str, str]:
     return xmlwrite.generated_by(xmlwrite.ET.parse(xml_path).getroot())
-    micro = gen.find("microscope")
-    if micro is not None:
-        for key, tag in (("microscope", "name"), ("microscope_version", "version"), ("user", "user")):
-            text = micro.findtext(tag)
-            if text is not None:
-                out[key] = text.strip()
-    block = gen.find("metadata")
-    if block is not None:
-        for child in block:
-            out[child.tag] = (child.text or "").strip()
-    return out
 
 
 # ---------------------------------------------------------------------------------------
