@@ -448,12 +448,6 @@ class BdvEditor(_ViewStreamer):
         """
         self._close(raising=True)
 
-    def __enter__(self) -> BdvEditor:
-        return self
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        self._close(raising=exc_type is None)
-
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"<BdvEditor {str(self.xml_path)!r} setups={len(self.setup_ids)} ({state})>"

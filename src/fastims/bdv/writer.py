@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from fastims._lifecycle import EngineWriter
 from fastims.compression import Codec, chunk_addresses
 from fastims.engine import DatasetRef, Engine, LevelSpec, RawTarget, Stream, ranges_text
 from fastims.errors import FormatError, WriterStateError
@@ -139,7 +140,7 @@ class _View:
 # ---------------------------------------------------------------------------------------
 
 
-class _ViewStreamer:
+class _ViewStreamer(EngineWriter):
     """Declaring views and streaming them through the engine; subclasses own the files."""
 
     # set by subclasses
@@ -822,24 +823,6 @@ class BdvWriter(_ViewStreamer):
             zeros and views without data are listed in ``MissingViews``.
         """
         self._close(raising=True)
-
-    def abort(self) -> None:
-        """Stop without completing the file: skip queued work, zero-fill nothing, close.
-
-        For callers that will delete the file anyway (a failed conversion). The file is
-        left closed but incomplete; nothing is raised.
-        """
-        if self._closed:
-            return
-        self._engine.abort(WriterStateError(f"{self.xml_path} was aborted"))
-        self._close(raising=False)
-
-    def __enter__(self) -> BdvWriter:
-        return self
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        # on an exception in the with-block, finish the dataset but let that exception propagate
-        self._close(raising=exc_type is None)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"

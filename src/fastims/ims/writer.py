@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from fastims._lifecycle import EngineWriter
 from fastims._version import __version__
 from fastims.compression import Codec, chunk_addresses
 from fastims.engine import DatasetRef, Engine, LevelSpec, RawTarget, Stream, ranges_text
@@ -44,7 +45,7 @@ def _level_path(r: int, t: int, c: int) -> str:
     return f"DataSet/ResolutionLevel {r}/TimePoint {t}/Channel {c}"
 
 
-class ImsWriter:
+class ImsWriter(EngineWriter):
     """Stream frames into an Imaris 5.5 (.ims) file with its pyramid, histograms and metadata.
 
     Parameters
@@ -234,24 +235,6 @@ class ImsWriter:
             still completed, with those planes zero-filled, and its log names them.
         """
         self._close(raising=True)
-
-    def abort(self) -> None:
-        """Stop without completing the file: skip queued work, zero-fill nothing, close.
-
-        For callers that will delete the file anyway (a failed conversion). The file is
-        left closed but incomplete; nothing is raised.
-        """
-        if self._closed:
-            return
-        self._engine.abort(WriterStateError(f"{self.path} was aborted"))
-        self._close(raising=False)
-
-    def __enter__(self) -> ImsWriter:
-        return self
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        # on an exception in the with-block, finish the file but let that exception propagate
-        self._close(raising=exc_type is None)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
