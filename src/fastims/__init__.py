@@ -40,12 +40,17 @@ __all__ = [
     *_LAZY,
 ]
 
-if TYPE_CHECKING:  # pragma: no cover
-    from fastims._dispatch import warmup
-    from fastims.histogram import Histogram
-    from fastims.ims.reader import ImsReader, read_ims
-    from fastims.ims.writer import ImsWriter, write_ims
-    from fastims.pyramid import downsample
+if TYPE_CHECKING:  # pragma: no cover - for type checkers; at run time names load lazily
+    from fastims._dispatch import warmup  # noqa: F401
+    from fastims.bdv.editor import BdvEditor  # noqa: F401
+    from fastims.bdv.reader import BdvReader, read_bdv  # noqa: F401
+    from fastims.bdv.writer import BdvWriter, write_bdv  # noqa: F401
+    from fastims.histogram import Histogram  # noqa: F401
+    from fastims.ims.reader import ImsReader, read_ims  # noqa: F401
+    from fastims.ims.writer import ImsWriter, write_ims  # noqa: F401
+    from fastims.link import link_bdv, link_ims  # noqa: F401
+    from fastims.pyramid import downsample  # noqa: F401
+    from fastims.reader import open  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

@@ -664,7 +664,7 @@ class TiffSource(Source):
     def _page_plane(self, t: int, c: int, z: int) -> np.ndarray:
         coords = {"T": t, "C": c, "Z": z}
         outer_index = []
-        for letter, n in zip(self._outer, self._series_shape):
+        for letter, _n in zip(self._outer, self._series_shape):
             target = self._mapping.get(letter)
             outer_index.append(coords[target] if target in coords else 0)
         page_no = int(np.ravel_multi_index(outer_index, self._series_shape[: len(self._outer)])) if self._outer else 0

@@ -562,7 +562,6 @@ class _ViewStreamer(EngineWriter):
     # -- writer thread: HDF5 only here -------------------------------------------------
 
     def _create_datasets(self, view: _View, refs: list[DatasetRef]) -> None:
-        setup = view.setup
         try:
             self._create_view_datasets(view, refs)
         finally:
@@ -951,7 +950,7 @@ class BdvWriter(_ViewStreamer):
 
     def _finalize_files(self) -> None:
         # each partition file also describes its setups, so it opens on its own
-        for (ti, si), f in self._parts.items():
+        for (_ti, si), f in self._parts.items():
             sp = self._partition_sizes[1]  # type: ignore[index]
             for sid, setup in self._setups.items():
                 if si * sp <= sid < (si + 1) * sp:
