@@ -764,33 +764,19 @@ class BdvEditor(_ViewStreamer):
         xmlwrite.write_xml(self.xml_path, self._root, backup=backup)
         self._dirty = False
 
-    def _close(self, *, raising: bool) -> None:
-        if self._closed:
-            return
-        error: BaseException | None = None
-        try:
-            incomplete: dict[tuple[int, int], str] = {}
-            if self._engine.error is None:
-                incomplete = self._finish_streams()
-            self._engine.wait()
-            self._apply_views_to_xml()
-            self._write_xml()
-            error = self._report_incomplete(incomplete)
-        except BaseException as exc:
-            error = exc
-        finally:
-            self._closed = True
-            try:
-                if self._file is not None:
-                    self._engine.call(self._close_fds)
-                    self._engine.call(self._file.close)
-            except BaseException as exc:
-                error = error or exc
-            self._engine.close()
-        if error is not None:
-            if raising:
-                raise error
-            logger.warning("closing %s after an error: %r", self.xml_path, error)
+    def _finish(self) -> BaseException | None:
+        incomplete: dict[tuple[int, int], str] = {}
+        if self._engine.error is None:
+            incomplete = self._finish_streams()
+        self._engine.wait()
+        self._apply_views_to_xml()
+        self._write_xml()
+        return self._report_incomplete(incomplete)
+
+    def _close_files(self) -> None:
+        if self._file is not None:
+            self._close_fds()
+            self._file.close()
 
     # -- writer thread: HDF5 only here -------------------------------------------------
 

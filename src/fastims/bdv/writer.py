@@ -196,6 +196,10 @@ class _ViewStreamer(EngineWriter):
     def _check_time(self, time: Any) -> int:
         raise NotImplementedError
 
+    @property
+    def _label(self) -> Path:
+        return self.xml_path
+
     def _raw_fd(self, f: Any) -> int:
         """A plain descriptor of HDF5 file `f` for in-place chunk writes (writer thread)."""
         fd = self._fds.get(f.filename)
@@ -555,7 +559,7 @@ class _ViewStreamer(EngineWriter):
             return None
         text = "; ".join(f"time={t} setup={s}: {what}" for (t, s), what in incomplete.items())
         if self.allow_incomplete:
-            warnings.warn(f"{self.xml_path}: incomplete views: {text}", UserWarning, stacklevel=4)
+            warnings.warn(f"{self.xml_path}: incomplete views: {text}", UserWarning, stacklevel=5)
             return None
         return WriterStateError(f"{self.xml_path}: incomplete views (the file is complete and opens): {text}")
 
@@ -862,34 +866,14 @@ class BdvWriter(_ViewStreamer):
     def _partition_path(self, index: tuple[int, int]) -> Path:
         return self.h5_path.with_name(f"{self.h5_path.stem}-{index[0]:02d}-{index[1]:02d}.h5")
 
-    def _close(self, *, raising: bool) -> None:
-        if self._closed:
-            return
-        error: BaseException | None = None
-        try:
-            incomplete: dict[tuple[int, int], str] = {}
-            if self._engine.error is None:
-                incomplete = self._finish_streams()
-            self._engine.wait()
-            self._engine.call(self._finalize_files)
-            self._write_xml()
-            error = self._report_incomplete(incomplete)
-        except BaseException as exc:
-            error = exc
-        finally:
-            self._closed = True
-            try:
-                self._engine.call(self._close_files)
-            except BaseException as exc:  # keep the first error
-                error = error or exc
-            self._engine.close()
-        if error is not None:
-            if raising:
-                raise error
-            if self._engine.aborted:
-                logger.debug("closed aborted %s", self.xml_path)
-            else:
-                logger.warning("closing %s after an error: %r", self.xml_path, error)
+    def _finish(self) -> BaseException | None:
+        incomplete: dict[tuple[int, int], str] = {}
+        if self._engine.error is None:
+            incomplete = self._finish_streams()
+        self._engine.wait()
+        self._engine.call(self._finalize_files)
+        self._write_xml()
+        return self._report_incomplete(incomplete)
 
     def _present(self) -> set[tuple[int, int]]:
         return {key for key, view in self._views.items() if view.stream is not None}

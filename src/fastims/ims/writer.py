@@ -275,47 +275,32 @@ class ImsWriter(EngineWriter):
             self._channel_hist[c].merge(hists[0])
         self._engine.post(self._write_histograms, t, c, hists)
 
-    def _close(self, *, raising: bool) -> None:
-        if self._closed:
-            return
+    @property
+    def _label(self) -> Path:
+        return self.path
+
+    def _finish(self) -> BaseException | None:
         error: BaseException | None = None
-        try:
-            nt, nc = self.shape[:2]
-            missing: dict[tuple[int, int], list[int]] = {}
-            if self._engine.error is None:
-                for t in range(nt):
-                    for c in range(nc):
-                        stream = self._stream(t, c)
-                        gaps = stream.missing_planes().tolist()
-                        if gaps:
-                            missing[(t, c)] = gaps
-                            self._engine.finish(stream, zero_fill=True)
-            self._engine.wait()
-            self._missing = missing
-            self._engine.call(self._write_metadata, final=True)
-            if missing:
-                text = "; ".join(f"t={t} c={c} z={ranges_text(g)}" for (t, c), g in missing.items())
-                if self.allow_incomplete:
-                    warnings.warn(f"{self.path}: planes never written were zero-filled: {text}", UserWarning, stacklevel=3)
-                else:
-                    error = WriterStateError(f"{self.path}: planes never written (zero-filled in the file): {text}")
-        except BaseException as exc:
-            error = exc
-        finally:
-            self._closed = True
-            try:
-                if self._file is not None:
-                    self._engine.call(self._close_file)
-            except BaseException as exc:  # keep the first error
-                error = error or exc
-            self._engine.close()
-        if error is not None:
-            if raising:
-                raise error
-            if self._engine.aborted:
-                logger.debug("closed aborted %s", self.path)
+        nt, nc = self.shape[:2]
+        missing: dict[tuple[int, int], list[int]] = {}
+        if self._engine.error is None:
+            for t in range(nt):
+                for c in range(nc):
+                    stream = self._stream(t, c)
+                    gaps = stream.missing_planes().tolist()
+                    if gaps:
+                        missing[(t, c)] = gaps
+                        self._engine.finish(stream, zero_fill=True)
+        self._engine.wait()
+        self._missing = missing
+        self._engine.call(self._write_metadata, final=True)
+        if missing:
+            text = "; ".join(f"t={t} c={c} z={ranges_text(g)}" for (t, c), g in missing.items())
+            if self.allow_incomplete:
+                warnings.warn(f"{self.path}: planes never written were zero-filled: {text}", UserWarning, stacklevel=4)
             else:
-                logger.warning("closing %s after an error: %r", self.path, error)
+                error = WriterStateError(f"{self.path}: planes never written (zero-filled in the file): {text}")
+        return error
 
     # -- writer thread: HDF5 only here ---------------------------------------------------
 
@@ -343,11 +328,12 @@ class ImsWriter(EngineWriter):
         self._write_metadata(final=False)
         f.flush()
 
-    def _close_file(self) -> None:
+    def _close_files(self) -> None:
         if self._raw_fd >= 0:
             os.close(self._raw_fd)
             self._raw_fd = -1
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
 
     def _create_datasets(self, t: int, c: int, refs: list[DatasetRef]) -> None:
         try:
