@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from fastims._lifecycle import EngineWriter
+from fastims._validate import check_index, floats, int_shape
 from fastims.compression import Codec, chunk_addresses
 from fastims.engine import DatasetRef, Engine, LevelSpec, RawTarget, Stream, ranges_text
 from fastims.errors import FormatError, WriterStateError
@@ -295,14 +296,14 @@ class _ViewStreamer(EngineWriter):
         self._check_open()
         keys = {"illumination": illumination, "channel": channel, "tile": tile, "angle": angle}
         t = self._check_time(time)
-        dims = _shape3(shape)
+        dims = int_shape(shape, "ZYX")
         dt = self._check_dtype(dtype)
-        vox = _floats("voxel_size", voxel_size, 3, positive=True)
+        vox = floats("voxel_size", voxel_size, 3, positive=True)
         if not isinstance(unit, str) or not unit.strip():
             raise ValueError(f"unit must be a non-empty string, got {unit!r}")
         exposure = None
         if exposure_time is not None:
-            exposure = _floats("exposure_time", (exposure_time,), 1, positive=False)[0]
+            exposure = floats("exposure_time", (exposure_time,), 1, positive=False)[0]
             if exposure < 0:
                 raise ValueError(f"exposure_time must be >= 0, got {exposure_time!r}")
         if not isinstance(exposure_unit, str):
@@ -312,7 +313,7 @@ class _ViewStreamer(EngineWriter):
             user_affine = (affine_name or _DEFAULT_AFFINE_NAME, _affine3x4(affine))
         elif affine_name is not None:
             raise ValueError("affine_name given without an affine")
-        loc = None if tile_location is None else _floats("tile_location", tile_location, 3, positive=False)
+        loc = None if tile_location is None else floats("tile_location", tile_location, 3, positive=False)
         with self._lock:
             sid = self._setup_id(keys, create=True)
             if (t, sid) in self._views and self._views[(t, sid)].explicit:
@@ -835,13 +836,13 @@ class BdvWriter(_ViewStreamer):
     # -- hooks -------------------------------------------------------------------------
 
     def _check_time(self, time: Any) -> int:
-        _check_index("time", time, self.ntimepoints)
+        check_index("time", time, self.ntimepoints)
         return int(time)
 
     def _setup_id(self, keys: Mapping[str, int], *, create: bool) -> int:
         sid = 0
         for kind in ATTRIBUTE_KINDS:
-            _check_index(kind, keys[kind], self.counts[kind])
+            check_index(kind, keys[kind], self.counts[kind])
             sid = sid * self.counts[kind] + int(keys[kind])
         return sid
 
@@ -1239,33 +1240,6 @@ def _count(name: str, value: Any) -> int:
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
-
-
-def _check_index(name: str, value: Any, n: int) -> None:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or not 0 <= value < n:
-        raise IndexError(f"{name}={value!r} out of range 0..{n - 1}")
-
-
-def _shape3(shape: Sequence[int]) -> tuple[int, int, int]:
-    try:
-        values = tuple(int(v) for v in shape)
-    except (TypeError, ValueError):
-        raise TypeError(f"shape must be 3 integers (Z, Y, X), got {shape!r}") from None
-    if len(values) != 3 or any(v != s for v, s in zip(values, shape)) or min(values) < 1:
-        raise ValueError(f"shape must be 3 positive integers (Z, Y, X), got {shape!r}")
-    return values  # type: ignore[return-value]
-
-
-def _floats(name: str, values: Sequence[float], n: int, *, positive: bool) -> tuple[float, ...]:
-    try:
-        out = tuple(float(v) for v in values)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be {n} numbers, got {values!r}") from None
-    if len(out) != n or not all(math.isfinite(v) for v in out):
-        raise ValueError(f"{name} must be {n} finite numbers, got {values!r}")
-    if positive and min(out) <= 0:
-        raise ValueError(f"{name} must be positive, got {values!r}")
-    return out
 
 
 def _affine3x4(matrix: Any) -> np.ndarray:

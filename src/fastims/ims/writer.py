@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from fastims._lifecycle import EngineWriter
+from fastims._validate import check_index, floats, int_shape
 from fastims._version import __version__
 from fastims.compression import Codec, chunk_addresses
 from fastims.engine import DatasetRef, Engine, LevelSpec, RawTarget, Stream, ranges_text
@@ -118,15 +119,15 @@ class ImsWriter(EngineWriter):
         origin: Sequence[float] = (0.0, 0.0, 0.0),
     ) -> None:
         self.path = Path(os.fspath(path))
-        self.shape = _validate_shape(shape)
+        self.shape = int_shape(shape, "TCZYX")
         nt, nc, nz, ny, nx = self.shape
         self.dtype = np.dtype(dtype)
         if self.dtype.name not in _DTYPES:
             raise TypeError(f"dtype must be one of {_DTYPES}, got {self.dtype}")
         if self.dtype.name == "uint32":
             warnings.warn("uint32 .ims files are written, but Imaris cannot open them", UserWarning, stacklevel=2)
-        self.voxel_size = _validate_floats("voxel_size", voxel_size, 3, positive=True)
-        self.origin = _validate_floats("origin", origin, 3, positive=False)
+        self.voxel_size = floats("voxel_size", voxel_size, 3, positive=True)
+        self.origin = floats("origin", origin, 3, positive=False)
         if unit not in _UNITS:
             raise ValueError(f"unit must be one of {_UNITS}, got {unit!r}")
         self.unit = unit
@@ -136,14 +137,14 @@ class ImsWriter(EngineWriter):
             _ascii("channel name", n)
         colors = _per_channel("channel_colors", channel_colors, nc,
                               [DEFAULT_COLORS[c % len(DEFAULT_COLORS)] for c in range(nc)])
-        self.channel_colors = [_validate_floats("channel colour", col, 3, positive=False) for col in colors]
+        self.channel_colors = [floats("channel colour", col, 3, positive=False) for col in colors]
         for col in self.channel_colors:
             if not all(0.0 <= v <= 1.0 for v in col):
                 raise ValueError(f"channel colours are (r, g, b) in 0..1, got {col}")
         self._fixed_ranges = None
         if color_ranges is not None:
             ranges = _per_channel("color_ranges", color_ranges, nc, None)
-            self._fixed_ranges = [_validate_floats("color range", r, 2, positive=False) for r in ranges]
+            self._fixed_ranges = [floats("color range", r, 2, positive=False) for r in ranges]
         self._times: list[_dt.datetime | None] = [None] * nt
         if timepoints is not None:
             times = list(timepoints)
@@ -209,8 +210,8 @@ class ImsWriter(EngineWriter):
             raise ValueError(f"expected a (Z', {ny}, {nx}) block, got shape {block.shape}")
         if block.dtype != self.dtype:
             raise TypeError(f"expected {self.dtype} data, got {block.dtype} (convert it explicitly)")
-        _check_index("t", t, nt)
-        _check_index("c", c, nc)
+        check_index("t", t, nt)
+        check_index("c", c, nc)
         if not (isinstance(z, (int, np.integer)) and 0 <= z and z + block.shape[0] <= nz):
             raise IndexError(f"planes z={z}..{z + block.shape[0] - 1} out of range 0..{nz - 1}")
         if block.shape[0] == 0:
@@ -489,30 +490,6 @@ def write_ims(path: str | os.PathLike, data: np.ndarray, **options: Any) -> None
 # -- validation helpers ----------------------------------------------------------------------
 
 
-def _validate_shape(shape: Sequence[int]) -> tuple[int, int, int, int, int]:
-    try:
-        values = tuple(int(v) for v in shape)
-    except (TypeError, ValueError):
-        raise TypeError(f"shape must be 5 integers (T, C, Z, Y, X), got {shape!r}") from None
-    if len(values) != 5 or any(v != s for v, s in zip(values, shape)):
-        raise ValueError(f"shape must be 5 integers (T, C, Z, Y, X), got {shape!r}")
-    if min(values) < 1:
-        raise ValueError(f"every dimension of shape must be >= 1, got {values}")
-    return values  # type: ignore[return-value]
-
-
-def _validate_floats(name: str, values: Sequence[float], n: int, *, positive: bool) -> tuple[float, ...]:
-    try:
-        out = tuple(float(v) for v in values)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be {n} numbers, got {values!r}") from None
-    if len(out) != n or not all(np.isfinite(out)):
-        raise ValueError(f"{name} must be {n} finite numbers, got {values!r}")
-    if positive and min(out) <= 0:
-        raise ValueError(f"{name} must be positive, got {values!r}")
-    return out
-
-
 def _per_channel(name: str, values: Sequence | None, nc: int, default: list | None) -> list:
     if values is None:
         return list(default) if default is not None else []
@@ -530,6 +507,3 @@ def _ascii(what: str, text: str) -> str:
     return text
 
 
-def _check_index(name: str, value: Any, n: int) -> None:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or not 0 <= value < n:
-        raise IndexError(f"{name}={value!r} out of range 0..{n - 1}")
