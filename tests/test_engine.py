@@ -16,20 +16,54 @@ def test_ranges_text():
     assert ranges_text([0, 1, 2, 3, 7, 9, 10]) == "0-3,7,9-10"
 
 
+def _owner(buf: np.ndarray) -> np.ndarray:
+    return buf if buf.base is None else buf.base
+
+
 def test_buffer_pool_reuses_and_bounds_idle_plus_outstanding():
     pool = BufferPool(retain_bytes=3 * 800)
     a = pool.take((100,), np.float64)  # 800 bytes each
     b = pool.take((100,), np.float64)
     c = pool.take((100,), np.float64)
     d = pool.take((100,), np.float64)
+    assert pool.misses == 4
     for buf in (a, b, c):
         pool.give(buf)
     # a dropped (b, c, d still out: 3 * 800 already), then b and c kept
     assert pool.idle_bytes == 2 * 800
-    assert pool.take((100,), np.float64) is c  # a warm buffer handed back
+    again = pool.take((100,), np.float64)
+    assert _owner(again) is _owner(c)  # a warm buffer handed back, no new allocation
+    assert pool.misses == 4
     pool.give(d)
     pool.clear()
     assert pool.idle_bytes == 0
+
+
+def test_buffer_pool_shares_sizes_fits_best_and_aligns_pages():
+    pool = BufferPool(retain_bytes=1 << 20)
+    a = pool.take((2, 3, 100), np.uint16)  # 1200 bytes
+    assert a.ctypes.data % 4096 == 0 and a.flags.c_contiguous and a.shape == (2, 3, 100)
+    pool.give(a)
+    b = pool.take((300,), np.float32)  # same size, other shape and dtype: the same memory
+    assert _owner(b) is _owner(a) and b.ctypes.data % 4096 == 0
+    pool.give(b)
+    small = pool.take((10,), np.uint8)  # smaller: carved from the idle (warm) buffer
+    assert _owner(small) is _owner(a) and pool.misses == 1 and pool.idle_bytes == 0
+    pool.give(small)
+    assert pool.idle_bytes == 1200  # accounted at the owner's size
+    pool.clear()
+
+
+def test_buffer_pool_miss_evicts_idle_buffers_to_stay_within_retain():
+    pool = BufferPool(retain_bytes=3000)
+    bufs = [pool.take((1000,), np.uint8) for _ in range(3)]
+    for buf in bufs:
+        pool.give(buf)
+    assert pool.idle_bytes == 3000
+    big = pool.take((2500,), np.uint8)  # no idle buffer fits: evict, then allocate
+    assert pool.misses == 4 and pool.idle_bytes == 0
+    pool.give(big)
+    assert pool.idle_bytes == 2500  # kept: the footprint is back within retain
 
 
 def _deep_levels():
@@ -97,3 +131,61 @@ def test_open_stream_validates_levels():
                                rule="imaris")
     finally:
         engine.close()
+
+
+# -- uncompressed chunks written in place (RawTarget): direct I/O, page cache, refusal ------
+
+
+@pytest.mark.parametrize("mode", ["direct", "buffered", "refused"])
+def test_raw_chunks_written_in_place(tmp_path, monkeypatch, mode):
+    import errno
+    import fcntl
+    import os
+
+    import h5py
+
+    import fastims
+    import fastims.engine as engine_mod
+    import fastims.ims.writer as ims_writer
+    from fastims.pyramid import downsample
+    from fastims.synthetic import camera_stack
+
+    data = camera_stack((40, 300, 500), "uint16", seed=5)  # 1 MiB chunks, padded edges
+    writes: list[bool] = []  # one entry per write: went through an O_DIRECT descriptor
+    real_pwrite_all = engine_mod._pwrite_all
+
+    def spy(fd: int, view: memoryview, offset: int) -> None:
+        direct = bool(fcntl.fcntl(fd, fcntl.F_GETFL) & getattr(os, "O_DIRECT", 0))
+        if direct and mode == "refused":
+            raise OSError(errno.EINVAL, "Invalid argument")
+        writes.append(direct)
+        real_pwrite_all(fd, view, offset)
+
+    monkeypatch.setattr(engine_mod, "_pwrite_all", spy)
+    if mode == "buffered":
+        monkeypatch.setattr(ims_writer, "open_raw_fds", lambda path: (os.open(path, os.O_WRONLY), -1))
+    path = tmp_path / "raw.ims"
+    fastims.write_ims(path, data, compression=None, max_workers=2)
+
+    if mode == "direct":
+        fds = engine_mod.open_raw_fds(path)
+        for fd in fds:
+            if fd >= 0:
+                os.close(fd)
+        if fds[1] < 0:
+            pytest.skip("this file system refuses O_DIRECT")
+    assert writes
+    if mode == "direct":
+        assert all(writes)  # aligned 1 MiB chunks: every write bypassed the page cache
+    else:
+        assert not any(writes)
+    with h5py.File(path, "r") as f:
+        lv0 = f["DataSet/ResolutionLevel 0/TimePoint 0/Channel 0/Data"]
+        lv1 = f["DataSet/ResolutionLevel 1/TimePoint 0/Channel 0/Data"]
+        assert lv0.compression is None and lv0.id.get_offset() is None  # chunked, no filter
+        np.testing.assert_array_equal(lv0[:40, :300, :500], data)
+        assert not lv0[:, 300:].any() and not lv0[:, :, 500:].any()  # zero padding
+        np.testing.assert_array_equal(lv1[:20, :150, :250], downsample(data, (2, 2, 2), rule="imaris"))
+        for ds in (lv0, lv1):  # chunks on page boundaries, where direct I/O needs them
+            offsets = [ds.id.get_chunk_info(i).byte_offset for i in range(ds.id.get_num_chunks())]
+            assert all(o % 4096 == 0 for o in offsets)

@@ -20,6 +20,7 @@ receive each finished stream's histograms through a callback.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import queue
@@ -38,7 +39,10 @@ from fastims.errors import WriterStateError
 from fastims.histogram import Histogram
 from fastims.pyramid import downsampled_shape
 
-__all__ = ["BufferPool", "DatasetRef", "Engine", "LevelSpec", "RawTarget", "Stream", "default_memory_limit", "ranges_text", "release_buffers"]
+__all__ = [
+    "ALIGNED_FILE", "BufferPool", "DatasetRef", "Engine", "LevelSpec", "RawTarget", "Stream", "aligned_window", "default_memory_limit",
+    "open_raw_fds", "ranges_text", "release_buffers",
+]
 
 logger = logging.getLogger("fastims")
 
@@ -67,35 +71,46 @@ class LevelSpec:
     factors: tuple[int, int, int] = (1, 1, 1)
 
 
-def default_memory_limit() -> int:
-    """Floor of the automatic budget: 512 MiB (ImarisWriter holds 330-520 MiB), or 1/8 of RAM.
-
-    The same floor for shallow and deep stacks keeps memory flat in Z;
-    :meth:`Engine.open_stream` raises the automatic budget when the open streams need more.
-    """
+def _ram_bytes() -> int:
     try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
-        total = 8 << 30
-    return int(min(512 << 20, total // 8))
+        return 8 << 30
+
+
+def default_memory_limit() -> int:
+    """Floor of the automatic budget: 768 MiB, or 1/8 of RAM if less.
+
+    The same floor for shallow and deep stacks keeps memory flat in Z; it holds two of the
+    deepest level-0 slabs of ImarisWriter's layout for 2048 x 2048 uint16 frames (32 planes,
+    256 MiB) plus their lower levels, so the next slab fills while the last one is encoded
+    and ``write`` does not stall a camera. :meth:`Engine.open_stream` raises the automatic
+    budget when the open streams need more.
+    """
+    return int(min(768 << 20, _ram_bytes() // 8))
 
 
 class BufferPool:
-    """Warm numpy buffers kept for reuse, shared by every engine of the process.
+    """Warm buffers kept for reuse, shared by every engine of the process.
 
-    Writers allocate the same slab and chunk shapes again and again; handing back pages
-    that were already touched avoids the page-fault cost of fresh memory (~8x slower than
-    warm memory on the VMs we target, and a visible cost on acquisition PCs). Idle buffers
-    are kept only while idle plus handed-out bytes stay within `retain_bytes`, so the pool
-    never adds to a writer's budget; :func:`release_buffers` frees the idle ones.
+    Writers allocate the same slab and chunk sizes again and again; handing back pages that
+    were already touched avoids the page-fault cost of fresh memory (~8x slower than warm
+    memory on the VMs we target, and a visible cost on acquisition PCs). Buffers are kept
+    by byte size, so shapes of equal size (a level-1 slab and a level-2 slab, say) share
+    them. The footprint -- idle plus handed-out bytes -- stays within `retain_bytes`: a miss
+    first evicts idle buffers of other sizes, and a returned buffer is kept only if it fits.
+    :func:`release_buffers` frees the idle ones.
     """
 
     def __init__(self, retain_bytes: int) -> None:
         self.retain_bytes = int(retain_bytes)
         self._lock = threading.Lock()
-        self._free: dict[tuple, list[np.ndarray]] = {}
+        # nbytes -> flat uint8 owners, _ALIGN bytes longer: buffers start on a page boundary,
+        # as direct I/O (RawTarget.direct_fd) requires
+        self._free: dict[int, list[np.ndarray]] = {}
         self._bytes = 0  # idle
         self._out = 0  # handed out, not given back yet
+        self.misses = 0  # buffers allocated (fresh pages), for benchmarks and tests
 
     @property
     def idle_bytes(self) -> int:
@@ -103,32 +118,64 @@ class BufferPool:
         return self._bytes
 
     def take(self, shape: tuple, dtype: np.dtype) -> np.ndarray:
-        """An idle buffer of this shape and dtype, or a new one (never blocks)."""
-        key = (tuple(shape), np.dtype(dtype).str)
+        """An idle buffer viewed as `shape` and `dtype`, or a new one (never blocks).
+
+        Best fit: an idle buffer of the same size, else the smallest larger one (a warm page
+        costs far less than a fresh one, even when the rest of the buffer idles meanwhile).
+        """
+        dtype = np.dtype(dtype)
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        owner = None
         with self._lock:
-            free = self._free.get(key)
-            buf = free.pop() if free else None
-            if buf is not None:
-                self._bytes -= buf.nbytes
-                self._out += buf.nbytes
-                return buf
-        buf = np.empty(shape, dtype=dtype)
-        with self._lock:
-            self._out += buf.nbytes
-        return buf
+            free = self._free.get(nbytes)
+            if not free:
+                larger = [size for size, bufs in self._free.items() if size > nbytes and bufs]
+                free = self._free[min(larger)] if larger else None
+            if free:
+                owner = free.pop()
+                self._bytes -= owner.nbytes - _ALIGN
+            else:
+                self.misses += 1
+                self._evict(self._bytes + self._out + nbytes - self.retain_bytes)
+            self._out += nbytes if owner is None else owner.nbytes - _ALIGN
+        if owner is None:
+            owner = np.empty(nbytes + _ALIGN, dtype=np.uint8)
+        return aligned_window(owner, nbytes).view(dtype).reshape(shape)
 
     def give(self, buf: np.ndarray) -> None:
-        """Return a buffer; it is kept while idle + handed-out bytes stay within `retain_bytes`."""
+        """Return a buffer from :meth:`take`; it is kept if the footprint stays within `retain_bytes`."""
+        owner = buf if buf.base is None else buf.base  # NumPy views point at the owner
+        size = owner.nbytes - _ALIGN
         with self._lock:
-            self._out -= buf.nbytes
-            if self._bytes + self._out + buf.nbytes <= self.retain_bytes:
-                self._free.setdefault((buf.shape, buf.dtype.str), []).append(buf)
-                self._bytes += buf.nbytes
+            self._out -= size
+            if self._bytes + self._out + size <= self.retain_bytes:
+                self._free.setdefault(size, []).append(owner)
+                self._bytes += size
+
+    def _evict(self, excess: int) -> None:
+        """Free idle buffers, smallest sizes first, until `excess` bytes are gone (lock held)."""
+        for size in sorted(self._free):
+            bufs = self._free[size]
+            while bufs and excess > 0:
+                bufs.pop()
+                self._bytes -= size
+                excess -= size
+            if excess <= 0:
+                break
 
     def clear(self) -> None:
         with self._lock:
             self._free.clear()
             self._bytes = 0
+
+
+_ALIGN = 4096
+
+
+def aligned_window(owner: np.ndarray, nbytes: int) -> np.ndarray:
+    """The `nbytes` of uint8 array `owner` (``nbytes + 4096`` long) that start on a 4 KiB boundary."""
+    start = -owner.ctypes.data % _ALIGN
+    return owner[start : start + nbytes]
 
 
 _POOL = BufferPool(default_memory_limit())
@@ -144,20 +191,60 @@ def release_buffers() -> int:
 class RawTarget:
     """Where the chunks of an unfiltered dataset go when HDF5 allocated them up front.
 
-    The writer thread fills `fd` (a plain descriptor of the file) and `addresses` (chunk
-    origin -> file offset, from :func:`fastims.compression.chunk_addresses`) and sets
-    `ready`. Workers then gather each chunk and ``pwrite`` it in one GIL-free kernel call:
-    no payload queued, no GIL held during the copy into the page cache, and that copy spread
-    over every worker instead of serialised behind one thread. HDF5 itself is still called
-    only by the writer thread.
+    The writer thread fills `fd` (a plain descriptor of the file), `direct_fd` (the same file
+    opened with ``O_DIRECT``, or -1; see :func:`open_raw_fds`) and `addresses` (chunk origin
+    -> file offset, from :func:`fastims.compression.chunk_addresses`) and sets `ready`.
+    Workers then gather a whole row of chunks into one page-aligned buffer and write it
+    in place: no payload queued, no GIL held during the write, HDF5 itself still called
+    only by the writer thread. With `direct_fd` the disk reads the buffer itself (no copy
+    into the page cache, which costs as much CPU as computing the pyramid, and no lock
+    shared by the writing threads); without it, one ``pwrite`` through the page cache.
     """
 
-    __slots__ = ("fd", "addresses", "ready")
+    __slots__ = ("fd", "direct_fd", "addresses", "ready")
 
     def __init__(self) -> None:
         self.fd = -1
+        self.direct_fd = -1
         self.addresses: dict[tuple[int, ...], int] = {}
         self.ready = threading.Event()
+
+    def attach(self, fds: tuple[int, int], addresses: dict[tuple[int, ...], int], chunk_bytes: int) -> None:
+        """Writer thread: take the descriptors and chunk offsets of a dataset just allocated.
+
+        With direct I/O the file is also extended over the dataset's chunks with blocks
+        reserved (``fallocate``): direct writes beyond the end of a file, or into holes,
+        make the file system allocate under an exclusive lock, at about 60 % of the speed.
+        """
+        self.fd, self.direct_fd = fds
+        self.addresses = addresses
+        if self.direct_fd >= 0 and addresses:
+            end = max(addresses.values()) + chunk_bytes
+            size = os.fstat(self.fd).st_size
+            if end > size:
+                _fallocate(self.fd, size, end - size)
+
+
+#: h5py.File options placing every allocation of 64 KiB or more on a 4 KiB boundary, so
+#: uncompressed chunks can be written with direct I/O (and never share a page)
+ALIGNED_FILE = {"alignment_threshold": 64 << 10, "alignment_interval": 4096}
+
+
+def open_raw_fds(path: str | os.PathLike) -> tuple[int, int]:
+    """``(fd, direct_fd)`` for in-place chunk writes to `path`; `direct_fd` is -1 without O_DIRECT.
+
+    File systems without direct I/O (tmpfs, some network mounts) refuse the flag; the
+    buffered descriptor then takes every write.
+    """
+    fd = os.open(path, os.O_WRONLY)
+    direct = getattr(os, "O_DIRECT", 0)
+    dfd = -1
+    if direct:
+        try:
+            dfd = os.open(path, os.O_WRONLY | direct)
+        except OSError:
+            dfd = -1
+    return fd, dfd
 
 
 class DatasetRef:
@@ -356,7 +443,9 @@ class Engine:
                 return
             kind = item[0]
             try:
-                if kind == "chunk":
+                if kind == "raw":
+                    self._store_raw(*item[1:])
+                elif kind == "chunk":
                     _, dataset, offset, payload, nbytes, release = item
                     try:
                         if self._error is None:
@@ -510,28 +599,30 @@ class Engine:
                 raise ValueError(f"level {spec.source} chunk depth {src.chunks[0]} is not a multiple of the z factor {fz} of level {i}")
         stream = Stream(self, key, dtype=np.dtype(dtype), levels=levels, datasets=datasets, codec=codec,
                         rule=rule, histograms=histograms, on_done=on_done)
-        if self._auto_limit:
-            self._grow_limit(stream)
+        self._grow_limit(stream)
         return stream
 
     def _grow_limit(self, stream: Stream) -> None:
-        """Raise the automatic budget to one slab per level per open stream plus 64 MiB.
+        """Size the budget and the buffer pool for the streams open together.
 
         Every open stream holds one slab per level while it is being filled. Channels written
-        interleaved are open together: without this, their slabs alone could exhaust a fixed
-        budget and serialise the pipeline. (A single stream stays within the floor, which
-        keeps memory flat in Z.)
+        interleaved are open together: without raising an automatic budget to their slabs
+        plus 64 MiB, their slabs alone could exhaust it and serialise the pipeline (a single
+        stream stays within the floor, which keeps memory flat in Z). The pool retains the
+        budget plus those slabs, because child slabs are taken without waiting: retaining
+        less would free warm buffers that the next slab needs again.
         """
         def slab_bytes(spec: LevelSpec) -> int:
             return spec.chunks[0] * spec.shape[1] * spec.shape[2] * stream.dtype.itemsize
 
         with self._cv:
             self._streams = [s for s in self._streams if not s.finished] + [stream]
-            need = sum(sum(slab_bytes(lv.spec) for lv in s.levels) for s in self._streams) + (64 << 20)
-            if need > self.memory_limit:
-                logger.debug("memory budget raised to %d MiB for %d open streams", need >> 20, len(self._streams))
-                self.memory_limit = need
-                _POOL.retain_bytes = max(_POOL.retain_bytes, need)
+            slabs = sum(sum(slab_bytes(lv.spec) for lv in s.levels) for s in self._streams)
+            if self._auto_limit and slabs + (64 << 20) > self.memory_limit:
+                logger.debug("memory budget raised to %d MiB for %d open streams",
+                             (slabs + (64 << 20)) >> 20, len(self._streams))
+                self.memory_limit = slabs + (64 << 20)
+            _POOL.retain_bytes = max(_POOL.retain_bytes, min(self.memory_limit + slabs, _ram_bytes() // 4))
 
     def write(self, stream: Stream, z0: int, block: np.ndarray) -> None:
         """Copy planes ``block[i]`` to plane ``z0 + i`` of level 0; complete slabs start their tasks.
@@ -656,21 +747,64 @@ class Engine:
             self._unref(stream, li, slab)
 
     def _write_raw_row(self, raw: RawTarget, slab: _Slab, cz: int, cy: int, cx: int, nx: int, iy: int) -> None:
-        """Write one row of chunks of an up-front allocated, unfiltered dataset in place."""
+        """Gather one row of chunks of an up-front allocated, unfiltered dataset for the writer.
+
+        HDF5 allocates the chunks of such a dataset one after the other in row-major order,
+        so a row is normally one contiguous range of the file: one large write, issued by
+        the writer thread (:meth:`_store_raw`) while the workers go on computing.
+        """
         while not raw.ready.wait(0.1):  # the writer thread is creating the dataset
             if self._error is not None:
                 return
-        pwrite = _dispatch.kernel("pwrite_chunk")
-        data = slab.buf[: slab.depth]
-        item = data.dtype.itemsize
-        src = data.view(np.uint8)  # (depth, Y, X * itemsize)
-        scratch = self._scratch("chunk bytes", (cz * cy * cx * item,), np.uint8)
-        for ix in range(-(-nx // cx)):
-            if self._error is not None:
+        gather = _dispatch.kernel("gather_chunk")
+        data = _gather_view(slab.buf[: slab.depth])
+        n = -(-nx // cx)
+        chunk_bytes = cz * cy * cx * data.dtype.itemsize
+        addresses = [raw.addresses[(slab.z0, iy * cy, ix * cx)] for ix in range(n)]
+        row = self._acquire((n, cz, cy, cx), data.dtype)
+        try:
+            for ix in range(n):
+                if self._error is not None:
+                    break
+                gather(data, 0, iy * cy, ix * cx, row[ix])
+        except BaseException:
+            self._release(row)
+            raise
+        runs = []  # (first chunk, end chunk, file offset): one write per run of adjacent chunks
+        start = 0
+        for ix in range(1, n + 1):
+            if ix == n or addresses[ix] != addresses[ix - 1] + chunk_bytes:
+                runs.append((start * chunk_bytes, ix * chunk_bytes, addresses[start]))
+                start = ix
+        with self._cv:
+            self._pending += 1
+        self._queue.put(("raw", raw, row, runs))
+
+    def _store_raw(self, raw: RawTarget, row: np.ndarray, runs: list[tuple[int, int, int]]) -> None:
+        """Writer thread: write a gathered row at its file offsets, then recycle its buffer."""
+        try:
+            if self._error is None:
+                flat = row.reshape(-1).view(np.uint8)
+                for a, b, offset in runs:
+                    self._pwrite(raw, flat[a:b], offset)
+        finally:
+            self._release(row)
+
+    def _pwrite(self, raw: RawTarget, data: np.ndarray, offset: int) -> None:
+        """Write `data` at `offset`: direct I/O when aligned, else through the page cache."""
+        view = memoryview(data)
+        if raw.direct_fd >= 0 and offset % _ALIGN == 0 and len(view) % _ALIGN == 0 and data.ctypes.data % _ALIGN == 0:
+            try:
+                _pwrite_all(raw.direct_fd, view, offset)
                 return
-            address = raw.addresses[(slab.z0, iy * cy, ix * cx)]
-            pwrite(raw.fd, src, 0, iy * cy, ix * cx * item, cz, cy, cx * item, address, scratch)
-            self._wrote(cz * cy * cx * item, raw.fd)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                # alignment stricter than a page: let the page cache take every write
+                logger.debug("direct I/O refused (%s); writing through the page cache", exc)
+                raw.direct_fd = -1
+        _pwrite_all(raw.fd, view, offset)
+        self._wrote(len(view), raw.fd)
 
     def _enqueue_chunk(self, dataset: Any, offset: tuple, payload: Any, nbytes: int, release: np.ndarray | None) -> None:
         with self._cv:
@@ -755,6 +889,40 @@ def _start_writeback(fd: int) -> None:
     """
     if _SYNC_FILE_RANGE is not None and _SYNC_FILE_RANGE(fd) != 0:  # pragma: no cover - a hint only
         logger.debug("sync_file_range failed")
+
+
+def _libc_fallocate() -> Callable[[int, int, int], int] | None:
+    """Linux ``fallocate(fd, 0, offset, len)`` (not glibc's posix_fallocate, which falls back
+    to writing zeros where the file system cannot reserve blocks), or None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        fn = ctypes.CDLL(None, use_errno=True).fallocate
+    except (OSError, AttributeError):  # pragma: no cover - exotic libc
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    fn.restype = ctypes.c_int
+    return lambda fd, offset, length: fn(fd, 0, offset, length)
+
+
+_FALLOCATE = _libc_fallocate()
+
+
+def _fallocate(fd: int, offset: int, length: int) -> None:
+    """Reserve blocks for a file range if the file system can; a hint only (errors ignored)."""
+    if _FALLOCATE is not None and _FALLOCATE(fd, offset, length) != 0:  # pragma: no cover - e.g. EOPNOTSUPP
+        logger.debug("fallocate failed; direct writes will allocate blocks as they go")
+
+
+def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
+    """``os.pwrite`` until every byte is written (it releases the GIL during the copy)."""
+    while len(view):
+        n = os.pwrite(fd, view, offset)
+        if n <= 0:  # pragma: no cover - a full disk raises ENOSPC instead
+            raise OSError(errno.EIO, "pwrite wrote nothing")
+        view, offset = view[n:], offset + n
 
 
 def _gather_view(a: np.ndarray) -> np.ndarray:

@@ -44,7 +44,7 @@ import numpy as np
 from fastims._lifecycle import EngineWriter
 from fastims._validate import check_index, floats, int_shape
 from fastims.compression import Codec, chunk_addresses
-from fastims.engine import DatasetRef, Engine, LevelSpec, RawTarget, Stream, ranges_text
+from fastims.engine import ALIGNED_FILE, DatasetRef, Engine, LevelSpec, RawTarget, Stream, open_raw_fds, ranges_text
 from fastims.errors import FormatError, WriterStateError
 from fastims.pyramid import SUPPORTED_DTYPES
 from fastims.bdv import xmlwrite
@@ -171,7 +171,8 @@ class _ViewStreamer(EngineWriter):
         self.compression = compression
         self.compression_level = compression_level
         self.shuffle = bool(shuffle)
-        self._fds: dict[str, int] = {}  # plain descriptors for in-place chunks, by file name
+        # (buffered, O_DIRECT) descriptors for in-place chunks, by file name
+        self._fds: dict[str, tuple[int, int]] = {}
         # validate the codec options once, before any file exists
         Codec.create(compression, level=compression_level, shuffle=self.shuffle, dtype=np.uint16,
                      shuffle_rule="always")
@@ -201,18 +202,20 @@ class _ViewStreamer(EngineWriter):
     def _label(self) -> Path:
         return self.xml_path
 
-    def _raw_fd(self, f: Any) -> int:
-        """A plain descriptor of HDF5 file `f` for in-place chunk writes (writer thread)."""
-        fd = self._fds.get(f.filename)
-        if fd is None:
-            fd = self._fds[f.filename] = os.open(f.filename, os.O_WRONLY)
+    def _raw_fd(self, f: Any) -> tuple[int, int]:
+        """Descriptors of HDF5 file `f` for in-place chunk writes (writer thread)."""
+        fds = self._fds.get(f.filename)
+        if fds is None:
+            fds = self._fds[f.filename] = open_raw_fds(f.filename)
             if f is self._file:
-                self._engine.set_writeback(fd)
-        return fd
+                self._engine.set_writeback(fds[0])
+        return fds
 
     def _close_fds(self) -> None:
-        for fd in self._fds.values():
-            os.close(fd)
+        for fds in self._fds.values():
+            for fd in fds:
+                if fd >= 0:
+                    os.close(fd)
         self._fds.clear()
 
     def _file_for(self, time: int, setup: int) -> tuple[Any, str | None]:
@@ -587,8 +590,7 @@ class _ViewStreamer(EngineWriter):
             )
             ref.id = ds.id
             if ref.raw is not None:
-                ref.raw.addresses = chunk_addresses(ds)
-                ref.raw.fd = self._raw_fd(f)
+                ref.raw.attach(self._raw_fd(f), chunk_addresses(ds), int(np.prod(lv.chunks)) * ds.dtype.itemsize)
             if link_name is not None:
                 import h5py
 
@@ -855,7 +857,7 @@ class BdvWriter(_ViewStreamer):
             import h5py
 
             self._partition_path(index).unlink(missing_ok=True)
-            f = self._parts[index] = h5py.File(self._partition_path(index), "w", libver=LIBVER)
+            f = self._parts[index] = h5py.File(self._partition_path(index), "w", libver=LIBVER, **ALIGNED_FILE)
         return f, self._partition_path(index).name
 
     # -- internals ---------------------------------------------------------------------
@@ -925,7 +927,7 @@ class BdvWriter(_ViewStreamer):
 
         # replace rather than truncate: ext4 flushes a truncated-and-rewritten file on close
         self.h5_path.unlink(missing_ok=True)
-        self._file = h5py.File(self.h5_path, "w", libver=LIBVER)
+        self._file = h5py.File(self.h5_path, "w", libver=LIBVER, **ALIGNED_FILE)
         self._raw_fd(self._file)  # also carries the writeback hints
 
     def _flush_files(self) -> None:

@@ -26,7 +26,7 @@ from fastims._lifecycle import EngineWriter
 from fastims._validate import check_index, floats, int_shape
 from fastims._version import __version__
 from fastims.compression import Codec, chunk_addresses
-from fastims.engine import DatasetRef, Engine, LevelSpec, RawTarget, Stream, ranges_text
+from fastims.engine import ALIGNED_FILE, DatasetRef, Engine, LevelSpec, RawTarget, Stream, open_raw_fds, ranges_text
 from fastims.errors import WriterStateError
 from fastims.histogram import Histogram
 from fastims.ims.attrs import format_datetime, format_extent, format_float, write_attr_str, write_attr_u32
@@ -171,7 +171,7 @@ class ImsWriter(EngineWriter):
         self._channel_hist = [Histogram(self.dtype) for _ in range(nc)]
         self._closed = False
         self._file: Any = None
-        self._raw_fd = -1
+        self._raw_fd = self._direct_fd = -1
         self._engine = Engine(max_workers=max_workers, memory_limit=memory_limit)
         try:
             self._engine.call(self._open_file)
@@ -312,10 +312,10 @@ class ImsWriter(EngineWriter):
         # (auto_da_alloc), which would stall close() for as long as the disk takes
         self.path.unlink(missing_ok=True)
         # libver v108 = ImarisWriter's HDF5 1.8 format (superblock v2)
-        self._file = f = h5py.File(self.path, "w", libver=("v108", "v108"))
-        # uncompressed chunks are written in place through this descriptor (RawTarget); it
-        # also carries the hints that start writeback while we stream
-        self._raw_fd = os.open(self.path, os.O_WRONLY)
+        self._file = f = h5py.File(self.path, "w", libver=("v108", "v108"), **ALIGNED_FILE)
+        # uncompressed chunks are written in place through these descriptors (RawTarget);
+        # the buffered one also carries the hints that start writeback while we stream
+        self._raw_fd, self._direct_fd = open_raw_fds(self.path)
         self._engine.set_writeback(self._raw_fd)
         write_attr_str(f, "ImarisDataSet", "ImarisDataSet")
         write_attr_str(f, "ImarisVersion", "5.5.0")
@@ -330,9 +330,10 @@ class ImsWriter(EngineWriter):
         f.flush()
 
     def _close_files(self) -> None:
-        if self._raw_fd >= 0:
-            os.close(self._raw_fd)
-            self._raw_fd = -1
+        for fd in (self._raw_fd, self._direct_fd):
+            if fd >= 0:
+                os.close(fd)
+        self._raw_fd = self._direct_fd = -1
         if self._file is not None:
             self._file.close()
 
@@ -347,8 +348,8 @@ class ImsWriter(EngineWriter):
                                                chunks=lv.chunks, allocate=ref.raw is not None)
                 ref.id = ds.id
                 if ref.raw is not None:
-                    ref.raw.addresses = chunk_addresses(ds)
-                    ref.raw.fd = self._raw_fd
+                    ref.raw.attach((self._raw_fd, self._direct_fd), chunk_addresses(ds),
+                                   int(np.prod(lv.chunks)) * self.dtype.itemsize)
         finally:
             for ref in refs:  # also on failure: workers then see the engine's error
                 if ref.raw is not None:
