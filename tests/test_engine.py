@@ -47,10 +47,12 @@ def test_buffer_pool_shares_sizes_fits_best_and_aligns_pages():
     b = pool.take((300,), np.float32)  # same size, other shape and dtype: the same memory
     assert _owner(b) is _owner(a) and b.ctypes.data % 4096 == 0
     pool.give(b)
-    small = pool.take((10,), np.uint8)  # smaller: carved from the idle (warm) buffer
+    small = pool.take((700,), np.uint8)  # smaller, over half: carved from the idle (warm) buffer
     assert _owner(small) is _owner(a) and pool.misses == 1 and pool.idle_bytes == 0
     pool.give(small)
     assert pool.idle_bytes == 1200  # accounted at the owner's size
+    tiny = pool.take((10,), np.uint8)  # a big buffer is kept for a request of its size
+    assert _owner(tiny) is not _owner(a) and pool.misses == 2 and pool.idle_bytes == 1200
     pool.clear()
 
 
@@ -189,3 +191,77 @@ def test_raw_chunks_written_in_place(tmp_path, monkeypatch, mode):
         for ds in (lv0, lv1):  # chunks on page boundaries, where direct I/O needs them
             offsets = [ds.id.get_chunk_info(i).byte_offset for i in range(ds.id.get_num_chunks())]
             assert all(o % 4096 == 0 for o in offsets)
+
+
+# -- level-0 slabs taken part by part --------------------------------------------------------
+
+
+def _datasets(path) -> dict[str, np.ndarray]:
+    import h5py
+
+    out: dict[str, np.ndarray] = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, obj: out.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["ims", "bdv"])
+@pytest.mark.parametrize("compressed", [False, True])
+def test_slabs_in_parts_give_the_same_file(tmp_path, monkeypatch, fmt, compressed):
+    import datetime as dt
+
+    import fastims
+    import fastims.engine as engine_mod
+    from fastims.synthetic import camera_stack
+
+    compression = ("lz4" if fmt == "ims" else "gzip") if compressed else None
+    nparts: list[int] = []
+    real_init = engine_mod._Slab.__init__
+
+    def spy(self, index, z0, depth, g, n):
+        nparts.append(n)
+        real_init(self, index, z0, depth, g, n)
+
+    monkeypatch.setattr(engine_mod._Slab, "__init__", spy)
+
+    # 70 planes: deep chunks, a last slab shallower than a chunk (some parts never taken)
+    data = camera_stack((70, 96, 130), "uint16", seed=11)
+    order = np.random.default_rng(3).permutation(70)  # out of order, part boundaries crossed
+
+    def write(path, part_bytes: int) -> None:
+        monkeypatch.setattr(Engine, "PART_BYTES", part_bytes)
+        if fmt == "ims":
+            w = fastims.ImsWriter(path, shape=(1, 1, *data.shape), dtype="uint16", compression=compression,
+                                  timepoints=[dt.datetime(2026, 1, 1)])
+        else:
+            w = fastims.BdvWriter(path, compression=compression)
+            w.add_view(shape=data.shape, dtype="uint16")
+        with w:
+            for z in order:
+                w.write_plane(data[z], z=int(z))
+
+    one = tmp_path / ("one." + ("ims" if fmt == "ims" else "xml"))
+    many = tmp_path / ("many." + ("ims" if fmt == "ims" else "xml"))
+    write(one, 1 << 40)  # a part is the whole slab
+    assert max(nparts) == 1
+    nparts.clear()
+    write(many, 1)  # the smallest parts the z factors allow
+    assert max(nparts) > 1
+    h5 = (lambda p: p) if fmt == "ims" else (lambda p: p.with_suffix(".h5"))
+    a, b = _datasets(h5(one)), _datasets(h5(many))
+    assert a.keys() == b.keys() and any("Data" in k or "cells" in k for k in a)
+    for key in a:  # every level, histogram and the thumbnail
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    with fastims.open(many) as r:
+        np.testing.assert_array_equal(np.asarray(r[:]).reshape(data.shape), data)
+
+
+def test_part_depth_respects_z_factors_and_target():
+    from fastims.engine import _part_depth
+
+    spec = LevelSpec((256, 2048, 2048), (32, 128, 128))
+    assert _part_depth(spec, [2], 2, 32 << 20) == 4  # 4 planes of 8 MiB
+    assert _part_depth(spec, [1], 2, 1) == 1
+    assert _part_depth(spec, [2, 4], 2, 1) == 4  # a z block never straddles two parts
+    assert _part_depth(spec, [2], 2, 1 << 40) == 32  # never beyond the chunk depth
+    assert _part_depth(LevelSpec((24, 64, 64), (12, 64, 64)), [3], 1, 64 * 64 * 4) == 6  # divisor of 12

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
 import queue
 import sys
@@ -87,7 +88,7 @@ def default_memory_limit() -> int:
     and ``write`` does not stall a camera. :meth:`Engine.open_stream` raises the automatic
     budget when the open streams need more.
     """
-    return int(min(768 << 20, _ram_bytes() // 8))
+    return int(min(512 << 20, _ram_bytes() // 8))
 
 
 class BufferPool:
@@ -120,8 +121,9 @@ class BufferPool:
     def take(self, shape: tuple, dtype: np.dtype) -> np.ndarray:
         """An idle buffer viewed as `shape` and `dtype`, or a new one (never blocks).
 
-        Best fit: an idle buffer of the same size, else the smallest larger one (a warm page
-        costs far less than a fresh one, even when the rest of the buffer idles meanwhile).
+        Best fit: an idle buffer of the same size, else the smallest one up to twice as large
+        (a warm page costs far less than a fresh one, even when the rest of the buffer idles
+        meanwhile; a much larger one, say a deep slab, is kept for a request of its size).
         """
         dtype = np.dtype(dtype)
         nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
@@ -129,7 +131,7 @@ class BufferPool:
         with self._lock:
             free = self._free.get(nbytes)
             if not free:
-                larger = [size for size, bufs in self._free.items() if size > nbytes and bufs]
+                larger = [size for size, bufs in self._free.items() if nbytes < size <= 2 * nbytes and bufs]
                 free = self._free[min(larger)] if larger else None
             if free:
                 owner = free.pop()
@@ -178,7 +180,11 @@ def aligned_window(owner: np.ndarray, nbytes: int) -> np.ndarray:
     return owner[start : start + nbytes]
 
 
-_POOL = BufferPool(default_memory_limit())
+#: buffers the pool keeps beyond an engine's budget (child slabs and rows for direct writes
+#: are taken without waiting for the budget)
+_POOL_HEADROOM = 128 << 20
+
+_POOL = BufferPool(default_memory_limit() + _POOL_HEADROOM)
 
 
 def release_buffers() -> int:
@@ -263,15 +269,42 @@ class DatasetRef:
 
 
 class _Slab:
-    __slots__ = ("index", "z0", "depth", "buf", "filled", "refs")
+    """A chunk-deep slab of one level, held as `parts` of `g` planes each.
 
-    def __init__(self, index: int, z0: int, depth: int, buf: np.ndarray) -> None:
+    Level-0 parts are taken from the budget one at a time as frames arrive, so a deep slab
+    (32 planes of 8 MiB) never needs its whole size up front: the next slab starts filling
+    while the last one is still being encoded, and a camera is not stalled. Lower levels,
+    written by one downsampling task at a time, hold one part of the whole chunk depth.
+    Parts wholly beyond `depth` (the last slab of a stack) stay None and read as zeros.
+    """
+
+    __slots__ = ("index", "z0", "depth", "g", "parts", "filled", "refs")
+
+    def __init__(self, index: int, z0: int, depth: int, g: int, nparts: int) -> None:
         self.index = index
         self.z0 = z0
         self.depth = depth  # valid planes (the last slab may be shallower than a chunk)
-        self.buf = buf
+        self.g = g
+        self.parts: list[np.ndarray | None] = [None] * nparts
         self.filled = 0
         self.refs = 0
+
+    def pieces(self) -> list[tuple[int, np.ndarray]]:
+        """``(first plane, valid planes of a part)`` for every part holding data."""
+        out = []
+        for k, part in enumerate(self.parts):
+            start = k * self.g
+            if part is not None and start < self.depth:
+                out.append((start, part[: min(self.g, self.depth - start)]))
+        return out
+
+    def gather(self, gather: Callable[..., None], y0: int, x0: int, chunk: np.ndarray) -> None:
+        """Fill `chunk` (cz, cy, cx) from the slab's parts at (y0, x0), zero-padded."""
+        g = self.g
+        for k, part in enumerate(self.parts):
+            valid = min(g, max(self.depth - k * g, 0))
+            src = part[:valid] if part is not None else chunk[:0]  # no part: all zeros
+            gather(_gather_view(src), 0, y0, x0, _gather_view(chunk[k * g : (k + 1) * g]))
 
 
 class _Level:
@@ -314,6 +347,8 @@ class Stream:
         for i, lv in enumerate(self.levels):
             if lv.spec.source is not None:
                 self.levels[lv.spec.source].children.append(i)
+        self.part_depth = _part_depth(levels[0], [levels[i].factors[0] for i in self.levels[0].children],
+                                      self.dtype.itemsize, engine.PART_BYTES)
         self.written = np.zeros(levels[0].shape[0], dtype=bool)
         self.finished = False
         self._downsample = _dispatch.kernel(f"downsample_{rule}")
@@ -334,15 +369,31 @@ class Stream:
     # -- slab bookkeeping (stream lock held) ------------------------------------------------
 
     def _slab(self, li: int, index: int) -> _Slab:
+        """The slab `index` of level `li`; lower levels get their buffer at once."""
         lv = self.levels[li]
         slab = lv.slabs.get(index)
         if slab is None:
             cz = lv.spec.chunks[0]
             z0 = index * cz
             depth = min(cz, lv.spec.shape[0] - z0)
-            buf = self.engine._acquire((cz, lv.spec.shape[1], lv.spec.shape[2]), self.dtype)
-            slab = lv.slabs[index] = _Slab(index, z0, depth, buf)
+            g = self.part_depth if li == 0 else cz
+            slab = lv.slabs[index] = _Slab(index, z0, depth, g, cz // g)
+            if li:
+                slab.parts[0] = self.engine._acquire((cz, lv.spec.shape[1], lv.spec.shape[2]), self.dtype,
+                                                     lower=True)
         return slab
+
+
+def _part_depth(spec: LevelSpec, factors: Sequence[int], itemsize: int, target: int) -> int:
+    """Planes per level-0 part: a divisor of the chunk depth, a multiple of every child's z
+    factor (a z block never straddles two parts), and the least such holding `target` bytes."""
+    cz = spec.chunks[0]
+    step = math.lcm(1, *factors)
+    plane = spec.shape[1] * spec.shape[2] * itemsize
+    for g in range(step, cz + 1, step):
+        if cz % g == 0 and g * plane >= target:
+            return g
+    return cz
 
 
 class Engine:
@@ -371,6 +422,9 @@ class Engine:
         self._cv = threading.Condition()
         self._pending = 0  # tasks and writer items not finished yet
         self._mem = 0  # bytes held by slabs in use and chunks waiting for the writer
+        self._io_bytes = 0  # bytes of gathered rows waiting for the writer (RawTarget)
+        self._reserve = 0  # budget kept for one lower-level slab per level of the open streams
+        self._lower = 0  # bytes of lower-level slabs held now
         self._error: BaseException | None = None
         self._local = threading.local()
         self._closed = False
@@ -501,20 +555,29 @@ class Engine:
         Called without any stream lock held (workers take stream locks, then this condition).
         """
         with self._cv:
-            while self._mem + nbytes > self.memory_limit and self._pending > 0 and self._error is None:
+            # lower-level slabs are taken later without waiting: keep room for those not held
+            limit = max(self.memory_limit - max(self._reserve - self._lower, 0), nbytes)
+            while self._mem + nbytes > limit and self._pending > 0 and self._error is None:
                 self._cv.wait()
 
-    def _acquire(self, shape: tuple, dtype: np.dtype) -> np.ndarray:
-        """A buffer from the process-wide pool (warm when possible); never blocks."""
+    def _acquire(self, shape: tuple, dtype: np.dtype, *, lower: bool = False) -> np.ndarray:
+        """A buffer from the process-wide pool (warm when possible); never blocks.
+
+        `lower` marks a lower-level slab, whose room :meth:`_wait_for_room` keeps.
+        """
         buf = _POOL.take(shape, dtype)
         with self._cv:
             self._mem += buf.nbytes
+            if lower:
+                self._lower += buf.nbytes
         return buf
 
-    def _release(self, buf: np.ndarray) -> None:
+    def _release(self, buf: np.ndarray, *, lower: bool = False) -> None:
         _POOL.give(buf)
         with self._cv:
             self._mem -= buf.nbytes
+            if lower:
+                self._lower -= buf.nbytes
             self._cv.notify_all()
 
     def _scratch(self, name: str, shape: tuple, dtype: Any) -> np.ndarray:
@@ -609,8 +672,9 @@ class Engine:
         interleaved are open together: without raising an automatic budget to their slabs
         plus 64 MiB, their slabs alone could exhaust it and serialise the pipeline (a single
         stream stays within the floor, which keeps memory flat in Z). The pool retains the
-        budget plus those slabs, because child slabs are taken without waiting: retaining
-        less would free warm buffers that the next slab needs again.
+        budget plus a fixed headroom for what is taken without waiting (child slabs, rows queued
+        for direct writes): retaining less would free warm buffers the next slab needs
+        again, and a headroom that grew with the slabs would make memory grow with Z.
         """
         def slab_bytes(spec: LevelSpec) -> int:
             return spec.chunks[0] * spec.shape[1] * spec.shape[2] * stream.dtype.itemsize
@@ -618,11 +682,13 @@ class Engine:
         with self._cv:
             self._streams = [s for s in self._streams if not s.finished] + [stream]
             slabs = sum(sum(slab_bytes(lv.spec) for lv in s.levels) for s in self._streams)
+            self._reserve = sum(sum(slab_bytes(lv.spec) for lv in s.levels[1:]) for s in self._streams)
             if self._auto_limit and slabs + (64 << 20) > self.memory_limit:
                 logger.debug("memory budget raised to %d MiB for %d open streams",
                              (slabs + (64 << 20)) >> 20, len(self._streams))
                 self.memory_limit = slabs + (64 << 20)
-            _POOL.retain_bytes = max(_POOL.retain_bytes, min(self.memory_limit + slabs, _ram_bytes() // 4))
+            retain = self.memory_limit + _POOL_HEADROOM
+            _POOL.retain_bytes = max(_POOL.retain_bytes, min(retain, _ram_bytes() // 4))
 
     def write(self, stream: Stream, z0: int, block: np.ndarray) -> None:
         """Copy planes ``block[i]`` to plane ``z0 + i`` of level 0; complete slabs start their tasks.
@@ -633,7 +699,9 @@ class Engine:
         n = block.shape[0]
         lv = stream.levels[0]
         cz = lv.spec.chunks[0]
-        slab_bytes = cz * lv.spec.shape[1] * lv.spec.shape[2] * stream.dtype.itemsize
+        g = stream.part_depth
+        part_shape = (g, lv.spec.shape[1], lv.spec.shape[2])
+        part_bytes = g * lv.spec.shape[1] * lv.spec.shape[2] * stream.dtype.itemsize
         z = z0
         while z < z0 + n:
             index = z // cz
@@ -644,15 +712,23 @@ class Engine:
                     raise WriterStateError(f"stream {stream.key}: plane(s) {twice} written twice")
                 # reserve the planes now, so concurrent callers cannot both pass the check
                 stream.written[z:end] = True
-                slab = lv.slabs.get(index)
-            if slab is None:
-                self._wait_for_room(slab_bytes)
-                self.check()
-                with stream.lock:
-                    slab = stream._slab(0, index)
+                slab = stream._slab(0, index)
             # the planes are reserved for this caller and workers see a slab only once it is
             # complete, so the copy runs without the lock (workers keep their bookkeeping)
-            np.copyto(slab.buf[z - slab.z0 : end - slab.z0], block[z - z0 : end - z0])
+            p = z
+            while p < end:
+                k = (p - slab.z0) // g
+                pend = min(end, slab.z0 + (k + 1) * g)
+                part = slab.parts[k]
+                if part is None:
+                    self._wait_for_room(part_bytes)  # back-pressure, part by part
+                    self.check()
+                    with stream.lock:  # another caller may have taken it meanwhile
+                        part = slab.parts[k]
+                        if part is None:
+                            part = slab.parts[k] = self._acquire(part_shape, stream.dtype)
+                np.copyto(part[p - slab.z0 - k * g : pend - slab.z0 - k * g], block[p - z0 : pend - z0])
+                p = pend
             with stream.lock:
                 slab.filled += end - z
                 complete = slab.filled == slab.depth
@@ -704,13 +780,17 @@ class Engine:
             finished = all(level.done == level.nslabs for level in stream.levels)
             if finished:
                 stream.finished = True
-        self._release(slab.buf)
+        for part in slab.parts:
+            if part is not None:
+                self._release(part, lower=li > 0)
         if finished and stream.on_done is not None:
             stream.on_done(stream)
 
     def _task_histogram(self, stream: Stream, li: int, slab: _Slab) -> None:
         try:
-            stream.levels[li].hist.update(slab.buf[: slab.depth])
+            hist = stream.levels[li].hist
+            for _, piece in slab.pieces():
+                hist.update(piece)
         finally:
             self._unref(stream, li, slab)
 
@@ -724,29 +804,30 @@ class Engine:
             dataset = lv.dataset
             raw = getattr(dataset, "raw", None) if codec.compression is None else None
             if raw is not None:
-                self._write_raw_row(raw, slab, cz, cy, cx, nx, iy)
+                self._write_raw_row(raw, slab, stream.dtype, cz, cy, cx, nx, iy)
                 return
             gather = _dispatch.kernel("gather_chunk")
-            src = _gather_view(slab.buf[: slab.depth])
+            dtype = stream.dtype
             for ix in range(-(-nx // cx)):
                 if self._error is not None:
                     return
                 offset = (slab.z0, iy * cy, ix * cx)
                 if codec.compression is None:
                     # the chunk itself is the payload: it must live until the writer stored it
-                    chunk = self._acquire((cz, cy, cx), src.dtype)
-                    gather(src, 0, iy * cy, ix * cx, chunk)
+                    chunk = self._acquire((cz, cy, cx), dtype)
+                    slab.gather(gather, iy * cy, ix * cx, chunk)
                     self._enqueue_chunk(dataset, offset, chunk, 0, chunk)
                 else:
-                    chunk = self._scratch("chunk", (cz, cy, cx), src.dtype)
-                    gather(src, 0, iy * cy, ix * cx, chunk)
+                    chunk = self._scratch("chunk", (cz, cy, cx), dtype)
+                    slab.gather(gather, iy * cy, ix * cx, chunk)
                     scratch = self._scratch("shuffle", (chunk.nbytes,), np.uint8) if codec.shuffle else None
                     payload = codec.encode(chunk, scratch=scratch)
                     self._enqueue_chunk(dataset, offset, payload, len(payload), None)
         finally:
             self._unref(stream, li, slab)
 
-    def _write_raw_row(self, raw: RawTarget, slab: _Slab, cz: int, cy: int, cx: int, nx: int, iy: int) -> None:
+    def _write_raw_row(self, raw: RawTarget, slab: _Slab, dtype: np.dtype, cz: int, cy: int, cx: int, nx: int,
+                       iy: int) -> None:
         """Gather one row of chunks of an up-front allocated, unfiltered dataset for the writer.
 
         HDF5 allocates the chunks of such a dataset one after the other in row-major order,
@@ -757,18 +838,17 @@ class Engine:
             if self._error is not None:
                 return
         gather = _dispatch.kernel("gather_chunk")
-        data = _gather_view(slab.buf[: slab.depth])
         n = -(-nx // cx)
-        chunk_bytes = cz * cy * cx * data.dtype.itemsize
+        chunk_bytes = cz * cy * cx * dtype.itemsize
         addresses = [raw.addresses[(slab.z0, iy * cy, ix * cx)] for ix in range(n)]
-        row = self._acquire((n, cz, cy, cx), data.dtype)
+        row = self._take_io((n, cz, cy, cx), dtype)
         try:
             for ix in range(n):
                 if self._error is not None:
                     break
-                gather(data, 0, iy * cy, ix * cx, row[ix])
+                slab.gather(gather, iy * cy, ix * cx, row[ix])
         except BaseException:
-            self._release(row)
+            self._give_io(row)
             raise
         runs = []  # (first chunk, end chunk, file offset): one write per run of adjacent chunks
         start = 0
@@ -788,7 +868,33 @@ class Engine:
                 for a, b, offset in runs:
                     self._pwrite(raw, flat[a:b], offset)
         finally:
-            self._release(row)
+            self._give_io(row)
+
+    #: smallest level-0 part of a slab taken from the budget at once (see :class:`_Slab`)
+    PART_BYTES = 32 << 20
+
+    #: bytes of gathered rows that may wait for the writer thread before workers wait
+    IO_BYTES = 64 << 20
+
+    def _take_io(self, shape: tuple, dtype: np.dtype) -> np.ndarray:
+        """A row buffer for the writer thread; waits while :attr:`IO_BYTES` are queued.
+
+        Rows have their own small bound instead of the memory budget: they are copies of a
+        slab that is still held, and counting them in the budget would stall the camera
+        while a deep slab (256 MiB) and its rows coexist for a moment.
+        """
+        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        with self._cv:
+            while self._io_bytes and self._io_bytes + nbytes > self.IO_BYTES and self._error is None:
+                self._cv.wait()
+            self._io_bytes += nbytes
+        return _POOL.take(shape, dtype)
+
+    def _give_io(self, row: np.ndarray) -> None:
+        _POOL.give(row)
+        with self._cv:
+            self._io_bytes -= row.nbytes
+            self._cv.notify_all()
 
     def _pwrite(self, raw: RawTarget, data: np.ndarray, offset: int) -> None:
         """Write `data` at `offset`: direct I/O when aligned, else through the page cache."""
@@ -814,36 +920,41 @@ class Engine:
 
     def _task_downsample(self, stream: Stream, li: int, slab: _Slab, ci: int) -> None:
         try:
-            child = stream.levels[ci]
-            fz, fy, fx = child.spec.factors
-            zc = child.spec.shape[0]
-            ccz = child.spec.chunks[0]
-            # child planes this slab produces: whole groups of fz planes (floor rule drops a
-            # trailing partial group; the bdv rule keeps it, replicating its last plane)
-            k0 = slab.z0 // fz
-            end = slab.z0 + slab.depth
-            k1 = min(zc, end // fz if stream.rule == "imaris" else -(-end // fz))
-            k = k0
-            while k < k1:
-                index = k // ccz
-                kend = min(k1, (index + 1) * ccz)
-                with stream.lock:
-                    cslab = stream._slab(ci, index)
-                s0 = k * fz - slab.z0
-                s1 = min(kend * fz, end) - slab.z0
-                stream._downsample(
-                    slab.buf[s0:s1], cslab.buf[k - cslab.z0 : kend - cslab.z0], fz, fy, fx
-                )
-                with stream.lock:
-                    cslab.filled += kend - k
-                    complete = cslab.filled == cslab.depth
-                    if complete:
-                        del child.slabs[index]
-                if complete:
-                    self._complete(stream, ci, cslab)
-                k = kend
+            for start, piece in slab.pieces():  # parts hold whole z blocks (_part_depth)
+                if self._error is not None:
+                    return
+                self._downsample_piece(stream, slab.z0 + start, piece, ci)
         finally:
             self._unref(stream, li, slab)
+
+    def _downsample_piece(self, stream: Stream, z0: int, src: np.ndarray, ci: int) -> None:
+        """Block-mean planes ``z0 .. z0 + len(src)`` of a level into its child level `ci`."""
+        child = stream.levels[ci]
+        fz, fy, fx = child.spec.factors
+        zc = child.spec.shape[0]
+        ccz = child.spec.chunks[0]
+        # child planes these planes produce: whole groups of fz planes (floor rule drops a
+        # trailing partial group; the bdv rule keeps it, replicating its last plane)
+        k0 = z0 // fz
+        end = z0 + src.shape[0]
+        k1 = min(zc, end // fz if stream.rule == "imaris" else -(-end // fz))
+        k = k0
+        while k < k1:
+            index = k // ccz
+            kend = min(k1, (index + 1) * ccz)
+            with stream.lock:
+                cslab = stream._slab(ci, index)
+            s0 = k * fz - z0
+            s1 = min(kend * fz, end) - z0
+            stream._downsample(src[s0:s1], cslab.parts[0][k - cslab.z0 : kend - cslab.z0], fz, fy, fx)
+            with stream.lock:
+                cslab.filled += kend - k
+                complete = cslab.filled == cslab.depth
+                if complete:
+                    del child.slabs[index]
+            if complete:
+                self._complete(stream, ci, cslab)
+            k = kend
 
 
 def ranges_text(indices: Sequence[int]) -> str:
