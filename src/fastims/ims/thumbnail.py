@@ -169,24 +169,25 @@ def _sample(volume: Any, ys: np.ndarray, xs: np.ndarray) -> tuple[np.ndarray, np
     else:
         raise ValueError(f"a volume is (Z, Y, X) or (Y, X), got shape {shape}")
     dtype = np.dtype(volume.dtype)
-    h, w = ys.size, xs.size
     mid = nz // 2
-    step = max(1, _SLAB_VOXELS // max(1, h * w))
+    ny, nx = (int(shape[-2]), int(shape[-1]))
+    step = max(1, _SLAB_VOXELS // max(1, ny * nx))
+    # project first, sample after: the same voxels as sampling every plane, one pass less;
     # the MIP starts from zeros, so negative float values never show in it
-    mip = np.zeros((h, w), dtype=dtype)
+    mip = np.zeros((ny, nx), dtype=dtype)
     middle = None
     for z0 in range(0, nz, step):
         z1 = min(nz, z0 + step)
         slab = np.asarray(volume[z0:z1] if len(shape) == 3 else volume[None])
         if slab.dtype != dtype:
             raise TypeError("volume changed dtype while reading")
-        picked = slab[:, ys][:, :, xs]
-        np.maximum(mip, picked.max(axis=0), out=mip)
+        np.maximum(mip, slab.max(axis=0), out=mip)
         if z0 <= mid < z1:
-            middle = picked[mid - z0].copy()
+            middle = slab[mid - z0]
     if middle is None:  # pragma: no cover - the slab loop always covers plane `mid`
         raise RuntimeError("middle plane was not sampled")
-    return mip, middle
+    pick = np.ix_(ys, xs)
+    return mip[pick], middle[pick]
 
 
 def _colorize(

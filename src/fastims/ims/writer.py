@@ -169,6 +169,7 @@ class ImsWriter(EngineWriter):
         self._lock = threading.Lock()
         self._streams: dict[tuple[int, int], Stream] = {}
         self._channel_hist = [Histogram(self.dtype) for _ in range(nc)]
+        self._range_cache: dict[int, tuple[int, tuple[float, float]]] = {}  # c -> (count, range)
         self._closed = False
         self._file: Any = None
         self._raw_fd = self._direct_fd = -1
@@ -378,10 +379,16 @@ class ImsWriter(EngineWriter):
             if self.dtype.kind == "f":
                 return (0.0, 1.0)
             return (0.0, float(min(np.iinfo(self.dtype).max, 65535)))
+        cached = self._range_cache.get(c)
+        if cached is not None and cached[0] == hist.count:  # the metadata and the thumbnail ask
+            return cached[1]
         h = hist.imaris()
         if h.hist1024 is not None:
-            return auto_color_range(h.hist1024, h.hmin1024, h.hmax1024)
-        return auto_color_range(h.hist256, h.hmin, h.hmax)
+            result = auto_color_range(h.hist1024, h.hmin1024, h.hmax1024)
+        else:
+            result = auto_color_range(h.hist256, h.hmin, h.hmax)
+        self._range_cache[c] = (hist.count, result)
+        return result
 
     def _write_metadata(self, *, final: bool) -> None:
         f = self._file
