@@ -358,3 +358,24 @@ def test_codec_pickles(rng):
     assert clone == codec and clone.encoder == codec.encoder == "shuffle+zlib-7"
     chunk = rng.integers(0, 1000, (3, 4, 5), dtype=np.uint32)
     assert clone.encode(chunk) == codec.encode(chunk)
+
+
+def test_encode_into_a_buffer_decodes_like_compress():
+    from fastims.compression import Codec, lz4_compress_address
+
+    chunk = np.random.default_rng(4).integers(90, 400, (8, 32, 48), dtype=np.uint16)
+    data = chunk.reshape(-1).view(np.uint8)
+    lz4 = Codec.create("lz4", dtype=np.uint16)
+    gzip = Codec.create("gzip", dtype=np.uint16)
+    assert gzip.frame_bound(data.shape[0]) is None
+    with pytest.raises(ValueError, match="cannot encode"):
+        gzip.encode_into(data, np.empty(1 << 16, np.uint8))
+    if lz4_compress_address() == 0:
+        pytest.skip("no liblz4 LZ4_compress_default found")
+    bound = lz4.frame_bound(data.shape[0])
+    assert bound == 16 + data.shape[0] + data.shape[0] // 255 + 16
+    out = np.empty(bound, np.uint8)
+    size = lz4.encode_into(data, out)
+    decoded = lz4.decode(out[:size], chunk.shape, chunk.dtype)
+    np.testing.assert_array_equal(decoded, chunk)
+    np.testing.assert_array_equal(lz4.decode(lz4.compress(data), chunk.shape, chunk.dtype), chunk)

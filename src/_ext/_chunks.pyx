@@ -4,7 +4,9 @@
 ``gather_chunk`` cuts one chunk out of a C-contiguous (Z, Y, X) slab and pads the part of the
 chunk that lies beyond the slab with zeros, as HDF5 edge chunks and Imaris' padded ``Data``
 need. ``shuffle``/``unshuffle`` implement HDF5's byte-shuffle filter (filter id 2,
-``H5Zshuffle.c``) bit for bit, including its handling of trailing bytes.
+``H5Zshuffle.c``) bit for bit, including its handling of trailing bytes; ``gather_shuffle``
+does the gather and the shuffle in one pass. ``lz4_frame`` writes the HDF5-LZ4 frame
+(filter 32004) of a chunk into a caller's buffer through liblz4.
 
 All kernels assume validated, C-contiguous input, release the GIL for the copy and have a
 pure-NumPy twin of the same name and signature in :mod:`fastims._reference.chunks`. The typed
@@ -263,65 +265,133 @@ def unshuffle(const uint8_t[::1] src, Py_ssize_t itemsize, uint8_t[::1] out) -> 
 
 
 # ---------------------------------------------------------------------------------------
-# positional chunk write (uncompressed datasets whose chunks HDF5 allocated up front)
+# gather + shuffle in one pass, and the HDF5-LZ4 frame written in place
 # ---------------------------------------------------------------------------------------
 
-cdef extern from "<unistd.h>" nogil:
-    ssize_t pwrite(int fd, const void* buf, size_t count, long long offset)
-
-cdef extern from "<errno.h>" nogil:
-    int errno
-    int EINTR
-
-
-cdef int _pwrite_all(int fd, const char* buf, size_t n, long long offset) noexcept nogil:
-    """Write `n` bytes at `offset`, resuming after short writes; errno on failure."""
-    cdef ssize_t done
-    while n > 0:
-        done = pwrite(fd, buf, n, offset)
-        if done < 0:
-            if errno == EINTR:
+cdef void _gather_shuffle_bytes(
+    const uint8_t* src, Py_ssize_t sz, Py_ssize_t sy, Py_ssize_t sx,
+    Py_ssize_t z0, Py_ssize_t y0, Py_ssize_t x0,
+    Py_ssize_t cz, Py_ssize_t cy, Py_ssize_t cx, Py_ssize_t itemsize,
+    uint8_t* out, Py_ssize_t n, Py_ssize_t first,
+) noexcept nogil:
+    """Byte j of chunk element e goes to ``out[j * n + e]``; elements beyond `src` are zeros."""
+    cdef Py_ssize_t xa = x0 if x0 > 0 else 0
+    cdef Py_ssize_t xb = x0 + cx if x0 + cx < sx else sx
+    cdef Py_ssize_t lead = xa - x0, body = xb - xa
+    cdef Py_ssize_t k, y, z, yy, x, j, e
+    cdef const uint8_t* s
+    cdef uint8_t* o0
+    cdef uint8_t* o1
+    cdef uint16_t v
+    if body < 0:
+        body = 0
+        lead = cx
+    for k in range(cz):
+        z = z0 + k
+        for y in range(cy):
+            yy = y0 + y
+            e = first + (k * cy + y) * cx
+            if z < 0 or z >= sz or yy < 0 or yy >= sy or body == 0:
+                for j in range(itemsize):
+                    memset(out + j * n + e, 0, cx)
                 continue
-            return errno
-        if done == 0:
-            return 5  # EIO: no progress
-        buf += done
-        n -= <size_t>done
-        offset += done
-    return 0
+            s = src + ((z * sy + yy) * sx + xa) * itemsize
+            for j in range(itemsize):
+                if lead:
+                    memset(out + j * n + e, 0, lead)
+                if cx - lead - body:
+                    memset(out + j * n + e + lead + body, 0, cx - lead - body)
+            if itemsize == 2:
+                o0 = out + e + lead
+                o1 = out + n + e + lead
+                for x in range(body):
+                    memcpy(&v, s + 2 * x, 2)  # an unaligned-safe load
+                    o0[x] = <uint8_t>(v & 0xFF)
+                    o1[x] = <uint8_t>(v >> 8)
+            else:
+                for j in range(itemsize):
+                    o0 = out + j * n + e + lead
+                    for x in range(body):
+                        o0[x] = s[x * itemsize + j]
 
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
-def pwrite_chunk(
-    int fd,
+def gather_shuffle(
     const uint8_t[:, :, ::1] src,
+    Py_ssize_t itemsize,
     Py_ssize_t z0,
     Py_ssize_t y0,
     Py_ssize_t x0,
     Py_ssize_t cz,
     Py_ssize_t cy,
     Py_ssize_t cx,
-    long long offset,
-    uint8_t[::1] scratch,
-):
-    """Write chunk ``src[z0:z0+cz, y0:y0+cy, x0:x0+cx]`` (zero-padded beyond `src`) at `offset`.
+    uint8_t[::1] out,
+    Py_ssize_t first,
+) -> None:
+    """Gather a zero-padded block of a chunk straight into the chunk's HDF5-shuffled bytes.
 
-    `src` is the slab viewed as bytes, (Z, Y, X * itemsize), and x0/cx are in bytes; the
-    chunk is gathered into `scratch` (>= cz*cy*cx bytes, reused by the caller) and written
-    with one ``pwrite``, GIL released: one contiguous write costs the kernel about half the
-    time of a scatter-gather ``pwritev`` of the chunk's short rows.
+    `src` is a slab viewed as bytes, (Z, Y, X * itemsize); the block is the elements
+    ``[z0:z0+cz, y0:y0+cy, x0:x0+cx]`` (x in elements) and holds elements ``first ..``
+    of a chunk of ``len(out) // itemsize`` elements, whose shuffled bytes `out` receives
+    (``shuffle`` of the gathered chunk, without the gathered copy in between).
     """
-    cdef Py_ssize_t nbytes = cz * cy * cx
-    cdef int err = 0
-    if cz < 1 or cy < 1 or cx < 1 or offset < 0 or z0 < 0 or y0 < 0 or x0 < 0:
-        raise ValueError("chunk extents must be positive, origin and offset non-negative")
-    if scratch.shape[0] < nbytes:
-        raise ValueError(f"scratch holds {scratch.shape[0]} bytes, the chunk needs {nbytes}")
+    cdef Py_ssize_t nbytes = out.shape[0]
+    cdef Py_ssize_t n, count = cz * cy * cx
+    cdef const uint8_t* sp = NULL
+    if itemsize < 1 or nbytes % itemsize:
+        raise ValueError(f"out holds {nbytes} bytes, not a whole number of {itemsize}-byte elements")
+    if cz < 0 or cy < 0 or cx < 0 or first < 0:
+        raise ValueError("block extents and its first element must be non-negative")
+    n = nbytes // itemsize
+    if first + count > n:
+        raise ValueError(f"elements {first}..{first + count} exceed the chunk's {n}")
+    if src.shape[2] % itemsize:
+        raise ValueError(f"source rows of {src.shape[2]} bytes are not whole {itemsize}-byte elements")
+    if count == 0:
+        return
+    if src.shape[0] and src.shape[1] and src.shape[2]:
+        sp = &src[0, 0, 0]
     with nogil:
-        _gather_bytes(<const char*>&src[0, 0, 0] if src.shape[0] and src.shape[1] and src.shape[2] else NULL,
-                      src.shape[0], src.shape[1], src.shape[2], z0, y0, x0,
-                      <char*>&scratch[0], cz, cy, cx, 1)
-        err = _pwrite_all(fd, <const char*>&scratch[0], <size_t>nbytes, offset)
-    if err:
-        raise OSError(err, "pwrite of a chunk failed")
+        _gather_shuffle_bytes(sp, src.shape[0] if sp != NULL else 0, src.shape[1], src.shape[2] // itemsize,
+                              z0, y0, x0, cz, cy, cx, itemsize, &out[0], n, first)
+
+
+ctypedef int (*_lz4_compress_t)(const char* src, char* dst, int src_size, int dst_capacity) noexcept nogil
+
+
+cdef inline void _put_be(uint8_t* p, uint64_t value, int nbytes) noexcept nogil:
+    cdef int i
+    for i in range(nbytes):
+        p[i] = <uint8_t>(value >> (8 * (nbytes - 1 - i)))
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def lz4_frame(const uint8_t[::1] src, uint8_t[::1] out, size_t compress) -> int:
+    """Encode `src` as one-block HDF5-LZ4 frame (filter 32004) into `out`; return its length.
+
+    `compress` is the address of liblz4's ``LZ4_compress_default`` (resolved once by
+    :mod:`fastims.compression`): the block is compressed straight after the 16-byte header,
+    GIL released, with no intermediate bytes object. A block that does not shrink is stored
+    verbatim, as ``H5Zlz4.c`` does. `out` needs ``16 + n + n // 255 + 16`` bytes.
+    """
+    cdef Py_ssize_t n = src.shape[0]
+    cdef Py_ssize_t cap = out.shape[0]
+    cdef int c = 0
+    cdef _lz4_compress_t fn = <_lz4_compress_t>compress
+    if n < 1 or n > 0x7E000000:
+        raise ValueError(f"LZ4 frames hold 1..{0x7E000000} bytes in one block, got {n}")
+    if cap < 16 + n + n // 255 + 16:
+        raise ValueError(f"out holds {cap} bytes, the frame may need {16 + n + n // 255 + 16}")
+    if compress == 0:
+        raise ValueError("no LZ4 compressor address")
+    with nogil:
+        c = fn(<const char*>&src[0], <char*>&out[16], <int>n, <int>(cap - 16))
+        if c <= 0 or c >= n:
+            memcpy(&out[16], &src[0], n)
+            c = <int>n
+        _put_be(&out[0], <uint64_t>n, 8)
+        _put_be(&out[8], <uint64_t>n, 4)
+        _put_be(&out[12], <uint64_t>c, 4)
+    return 16 + c

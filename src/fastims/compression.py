@@ -85,6 +85,7 @@ __all__ = [
     "Codec",
     "decode_lz4",
     "encode_lz4",
+    "lz4_compress_address",
 ]
 
 logger = logging.getLogger("fastims")
@@ -172,6 +173,56 @@ def encode_lz4(data: Any, *, block_size: int = LZ4_BLOCK_SIZE) -> bytes:
         else:
             parts += (_LZ4_BLOCK_HEADER.pack(len(comp)), comp)
     return b"".join(parts)
+
+
+_LZ4_ADDRESS: int | None = None
+
+
+def lz4_compress_address() -> int:
+    """Address of liblz4's ``LZ4_compress_default`` for the ``lz4_frame`` kernel, or 0.
+
+    Looked up once: first in the ``lz4`` package's own extension (the liblz4 that
+    :func:`encode_lz4` runs), then the system's liblz4. A candidate is used only after it
+    compressed a probe that ``lz4`` decompresses back.
+    """
+    global _LZ4_ADDRESS
+    if _LZ4_ADDRESS is None:
+        _LZ4_ADDRESS = _find_lz4_compress()
+    return _LZ4_ADDRESS
+
+
+def _find_lz4_compress() -> int:
+    import ctypes
+    import ctypes.util
+
+    candidates: list[str] = []
+    try:
+        from lz4.block import _block
+
+        candidates.append(_block.__file__)
+    except (ImportError, AttributeError):  # pragma: no cover - lz4 without its extension
+        pass
+    system = ctypes.util.find_library("lz4")
+    if system:
+        candidates.append(system)
+    probe = bytes(range(256)) * 64 + bytes(4096)
+    for lib in candidates:
+        try:
+            fn = ctypes.CDLL(lib).LZ4_compress_default
+        except (OSError, AttributeError):
+            continue
+        fn.restype = ctypes.c_int
+        fn.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_int]
+        out = ctypes.create_string_buffer(len(probe) + len(probe) // 255 + 16)
+        size = fn(probe, out, len(probe), len(out))
+        try:
+            ok = 0 < size and lz4.block.decompress(out.raw[:size], uncompressed_size=len(probe)) == probe
+        except lz4.block.LZ4BlockError:
+            ok = False
+        if ok:
+            return int(ctypes.cast(fn, ctypes.c_void_p).value or 0)
+    logger.debug("liblz4 not found: LZ4 chunks are encoded through the lz4 package")
+    return 0
 
 
 def decode_lz4(data: Any) -> bytes:
@@ -491,15 +542,51 @@ class Codec:
             write it before reusing either buffer.
         """
         data = self._chunk_bytes(chunk)
-        if self.shuffle and self.itemsize > 1:
+        if self.shuffles:
             buf = self._scratch(scratch, data.shape[0])
             _dispatch.kernel("shuffle")(data, self.itemsize, buf)
             data = buf
+        return self.compress(data)
+
+    @property
+    def shuffles(self) -> bool:
+        """True when chunks are byte-shuffled before compression (shuffle of 2+ byte items)."""
+        return self.shuffle and self.itemsize > 1
+
+    def compress(self, data: np.ndarray) -> bytes | memoryview:
+        """The last step of :meth:`encode`: compress chunk bytes already shuffled if needed.
+
+        Parameters
+        ----------
+        data : ndarray of uint8
+            1-D C-contiguous bytes of one padded chunk.
+        """
         if self.compression is None:
             return memoryview(data)
         if self.compression == "gzip":
             return _deflate(data, self.deflate_backend, self._encoder_level)
         return encode_lz4(data)
+
+    def frame_bound(self, nbytes: int) -> int | None:
+        """Bytes :meth:`encode_into` may write for a chunk of `nbytes`, or None if it cannot.
+
+        Only LZ4 chunks of one block encode into a caller's buffer (with liblz4 found); the
+        buffer can then be reused from a pool instead of a new bytes object per chunk.
+        """
+        if self.compression != "lz4" or not 0 < nbytes <= min(LZ4_BLOCK_SIZE, _LZ4_MAX_BLOCK):
+            return None
+        if lz4_compress_address() == 0:
+            return None
+        return 16 + nbytes + nbytes // 255 + 16
+
+    def encode_into(self, data: np.ndarray, out: np.ndarray) -> int:
+        """Compress chunk bytes (shuffled if needed) into `out`; return the encoded length.
+
+        `out` needs :meth:`frame_bound` bytes; the result equals :meth:`compress`'s.
+        """
+        if self.frame_bound(data.shape[0]) is None:
+            raise ValueError(f"{self.encoder} cannot encode {data.shape[0]} bytes into a buffer")
+        return int(_dispatch.kernel("lz4_frame")(data, out, lz4_compress_address()))
 
     def decode(self, data: Any, shape: Sequence[int], dtype: npt.DTypeLike) -> np.ndarray:
         """Decode one stored chunk (inverse of :meth:`encode`).

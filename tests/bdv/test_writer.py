@@ -321,10 +321,10 @@ def test_exception_in_with_block_still_finishes_the_file(tmp_path):
 def test_worker_errors_are_raised_in_the_caller(tmp_path, monkeypatch, rng):
     from fastims.compression import Codec
 
-    def broken(self, chunk, *, scratch=None):
+    def broken(self, data):
         raise OSError("disk full")
 
-    monkeypatch.setattr(Codec, "encode", broken)
+    monkeypatch.setattr(Codec, "compress", broken)
     w = BdvWriter(tmp_path / "e.xml", compression="gzip", factors=[(1, 1, 1)], chunks=(1, 8, 8))
     w.add_view(shape=(64, 8, 8), dtype="uint16")
     with pytest.raises(OSError, match="disk full"):

@@ -269,14 +269,17 @@ def test_missing_planes_raise_and_name_them(tmp_path):
         assert (got[[0, 1, 2, 7]] == 9).all() and not got[3:7].any()
 
 
-def test_worker_error_reraised(tmp_path, monkeypatch):
+@pytest.mark.parametrize("compression", ["gzip", "lz4"])
+def test_worker_error_reraised(tmp_path, monkeypatch, compression):
     path = tmp_path / "w.ims"
-    w = fastims.ImsWriter(path, shape=(1, 1, 64, 32, 32), dtype="uint16", compression="gzip")
+    w = fastims.ImsWriter(path, shape=(1, 1, 64, 32, 32), dtype="uint16", compression=compression)
 
     def boom(*args, **kwargs):
         raise RuntimeError("encoder exploded")
 
-    monkeypatch.setattr(type(w.codec), "encode", boom)
+    # gzip chunks go through compress(), LZ4 ones through encode_into() when liblz4 is found
+    monkeypatch.setattr(type(w.codec), "compress", boom)
+    monkeypatch.setattr(type(w.codec), "encode_into", boom)
     with pytest.raises(RuntimeError, match="encoder exploded"):
         for z in range(64):
             w.write_plane(np.zeros((32, 32), np.uint16), z=z)

@@ -5,11 +5,9 @@ Same names, signatures and results as the compiled kernels; they are the test or
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
-__all__ = ["gather_chunk", "shuffle", "unshuffle"]
+__all__ = ["gather_chunk", "gather_shuffle", "lz4_frame", "shuffle", "unshuffle"]
 
 # dtypes the compiled gather_chunk is specialised for (it only moves bytes; other dtypes of
 # these widths are passed as a view of the unsigned type)
@@ -107,24 +105,61 @@ def unshuffle(src: np.ndarray, itemsize: int, out: np.ndarray) -> None:
     out[body:nbytes] = src[body:]
 
 
-def pwrite_chunk(
-    fd: int, src: np.ndarray, z0: int, y0: int, x0: int, cz: int, cy: int, cx: int, offset: int,
-    scratch: np.ndarray,
+def gather_shuffle(
+    src: np.ndarray, itemsize: int, z0: int, y0: int, x0: int, cz: int, cy: int, cx: int, out: np.ndarray,
+    first: int,
 ) -> None:
-    """Write the zero-padded chunk ``src[z0:z0+cz, y0:y0+cy, x0:x0+cx]`` at file `offset`.
+    """Gather a zero-padded chunk block into the chunk's HDF5-shuffled bytes.
 
-    `src` is a (Z, Y, X * itemsize) uint8 view of the slab; `x0` and `cx` count bytes. The
-    chunk is gathered into ``scratch[:cz*cy*cx]`` first.
+    `src` is a (Z, Y, X * itemsize) uint8 view of a slab; the block is the elements
+    ``[z0:z0+cz, y0:y0+cy, x0:x0+cx]`` (x in elements), elements ``first ..`` of a chunk of
+    ``len(out) // itemsize`` elements whose shuffled bytes `out` receives.
     """
-    if cz < 1 or cy < 1 or cx < 1 or offset < 0 or z0 < 0 or y0 < 0 or x0 < 0:
-        raise ValueError("chunk extents must be positive, origin and offset non-negative")
-    nbytes = cz * cy * cx
-    if scratch.shape[0] < nbytes:
-        raise ValueError(f"scratch holds {scratch.shape[0]} bytes, the chunk needs {nbytes}")
-    chunk = scratch[:nbytes].reshape(cz, cy, cx)
-    gather_chunk(np.ascontiguousarray(src), z0, y0, x0, chunk)
-    data = memoryview(chunk).cast("B")
-    while data:
-        written = os.pwrite(fd, data, offset)
-        data = data[written:]
-        offset += written
+    nbytes = out.shape[0]
+    if itemsize < 1 or nbytes % itemsize:
+        raise ValueError(f"out holds {nbytes} bytes, not a whole number of {itemsize}-byte elements")
+    if cz < 0 or cy < 0 or cx < 0 or first < 0:
+        raise ValueError("block extents and its first element must be non-negative")
+    n = nbytes // itemsize
+    count = cz * cy * cx
+    if first + count > n:
+        raise ValueError(f"elements {first}..{first + count} exceed the chunk's {n}")
+    if src.shape[2] % itemsize:
+        raise ValueError(f"source rows of {src.shape[2]} bytes are not whole {itemsize}-byte elements")
+    if count == 0:
+        return
+    elements = src.reshape(src.shape[0], src.shape[1], src.shape[2] // itemsize, itemsize)
+    block = np.zeros((cz, cy, cx, itemsize), np.uint8)
+    za, zb = _overlap(z0, cz, elements.shape[0])
+    ya, yb = _overlap(y0, cy, elements.shape[1])
+    xa, xb = _overlap(x0, cx, elements.shape[2])
+    block[za - z0 : zb - z0, ya - y0 : yb - y0, xa - x0 : xb - x0] = elements[za:zb, ya:yb, xa:xb]
+    planes = out.reshape(itemsize, n)
+    planes[:, first : first + count] = block.reshape(count, itemsize).T
+
+
+def lz4_frame(src: np.ndarray, out: np.ndarray, compress: int) -> int:
+    """Write the one-block HDF5-LZ4 frame of `src` into `out`; return its length.
+
+    The twin calls the same ``LZ4_compress_default`` (address `compress`) through ctypes,
+    into a temporary buffer, and builds the frame with NumPy: it checks the framing, the
+    in-place layout and the verbatim fallback. ``out`` needs ``16 + n + n // 255 + 16`` bytes.
+    """
+    import ctypes
+
+    n = src.shape[0]
+    if n < 1 or n > 0x7E000000:
+        raise ValueError(f"LZ4 frames hold 1..{0x7E000000} bytes in one block, got {n}")
+    if out.shape[0] < 16 + n + n // 255 + 16:
+        raise ValueError(f"out holds {out.shape[0]} bytes, the frame may need {16 + n + n // 255 + 16}")
+    if compress == 0:
+        raise ValueError("no LZ4 compressor address")
+    fn = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int)(compress)
+    data = np.ascontiguousarray(src, dtype=np.uint8)
+    tmp = np.empty(out.shape[0] - 16, np.uint8)
+    size = fn(data.ctypes.data, tmp.ctypes.data, n, tmp.shape[0])
+    block = tmp[:size] if 0 < size < n else data
+    header = n.to_bytes(8, "big") + n.to_bytes(4, "big") + len(block).to_bytes(4, "big")
+    out[:16] = np.frombuffer(header, np.uint8)
+    out[16 : 16 + len(block)] = block
+    return 16 + len(block)
