@@ -19,14 +19,6 @@ def shuffle(src: npt.NDArray[np.uint8], itemsize: int, out: npt.NDArray[np.uint8
 def unshuffle(src: npt.NDArray[np.uint8], itemsize: int, out: npt.NDArray[np.uint8]) -> None:
     """Inverse of :func:`shuffle` into ``out[:len(src)]``."""
 
-def gather_shuffle(
-    src: npt.NDArray[np.uint8], itemsize: int, z0: int, y0: int, x0: int, cz: int, cy: int, cx: int,
-    out: npt.NDArray[np.uint8], first: int,
-) -> None:
-    """Gather the zero-padded block ``src[z0:z0+cz, y0:y0+cy, x0:x0+cx]`` of a (Z, Y, X*itemsize)
-    byte view (x in elements), as elements ``first ..`` of a chunk, into the chunk's shuffled
-    bytes `out` (``len(out) // itemsize`` elements)."""
-
 def lz4_frame(src: npt.NDArray[np.uint8], out: npt.NDArray[np.uint8], compress: int) -> int:
     """Write the one-block HDF5-LZ4 frame of `src` into `out` (>= 16 + n + n//255 + 16 bytes)
     with liblz4's ``LZ4_compress_default`` at address `compress`; return the frame length."""

@@ -4,8 +4,7 @@
 ``gather_chunk`` cuts one chunk out of a C-contiguous (Z, Y, X) slab and pads the part of the
 chunk that lies beyond the slab with zeros, as HDF5 edge chunks and Imaris' padded ``Data``
 need. ``shuffle``/``unshuffle`` implement HDF5's byte-shuffle filter (filter id 2,
-``H5Zshuffle.c``) bit for bit, including its handling of trailing bytes; ``gather_shuffle``
-does the gather and the shuffle in one pass. ``lz4_frame`` writes the HDF5-LZ4 frame
+``H5Zshuffle.c``) bit for bit, including its handling of trailing bytes. ``lz4_frame`` writes the HDF5-LZ4 frame
 (filter 32004) of a chunk into a caller's buffer through liblz4.
 
 All kernels assume validated, C-contiguous input, release the GIL for the copy and have a
@@ -265,97 +264,8 @@ def unshuffle(const uint8_t[::1] src, Py_ssize_t itemsize, uint8_t[::1] out) -> 
 
 
 # ---------------------------------------------------------------------------------------
-# gather + shuffle in one pass, and the HDF5-LZ4 frame written in place
+# the HDF5-LZ4 frame written in place
 # ---------------------------------------------------------------------------------------
-
-cdef void _gather_shuffle_bytes(
-    const uint8_t* src, Py_ssize_t sz, Py_ssize_t sy, Py_ssize_t sx,
-    Py_ssize_t z0, Py_ssize_t y0, Py_ssize_t x0,
-    Py_ssize_t cz, Py_ssize_t cy, Py_ssize_t cx, Py_ssize_t itemsize,
-    uint8_t* out, Py_ssize_t n, Py_ssize_t first,
-) noexcept nogil:
-    """Byte j of chunk element e goes to ``out[j * n + e]``; elements beyond `src` are zeros."""
-    cdef Py_ssize_t xa = x0 if x0 > 0 else 0
-    cdef Py_ssize_t xb = x0 + cx if x0 + cx < sx else sx
-    cdef Py_ssize_t lead = xa - x0, body = xb - xa
-    cdef Py_ssize_t k, y, z, yy, x, j, e
-    cdef const uint8_t* s
-    cdef uint8_t* o0
-    cdef uint8_t* o1
-    cdef uint16_t v
-    if body < 0:
-        body = 0
-        lead = cx
-    for k in range(cz):
-        z = z0 + k
-        for y in range(cy):
-            yy = y0 + y
-            e = first + (k * cy + y) * cx
-            if z < 0 or z >= sz or yy < 0 or yy >= sy or body == 0:
-                for j in range(itemsize):
-                    memset(out + j * n + e, 0, cx)
-                continue
-            s = src + ((z * sy + yy) * sx + xa) * itemsize
-            for j in range(itemsize):
-                if lead:
-                    memset(out + j * n + e, 0, lead)
-                if cx - lead - body:
-                    memset(out + j * n + e + lead + body, 0, cx - lead - body)
-            if itemsize == 2:
-                o0 = out + e + lead
-                o1 = out + n + e + lead
-                for x in range(body):
-                    memcpy(&v, s + 2 * x, 2)  # an unaligned-safe load
-                    o0[x] = <uint8_t>(v & 0xFF)
-                    o1[x] = <uint8_t>(v >> 8)
-            else:
-                for j in range(itemsize):
-                    o0 = out + j * n + e + lead
-                    for x in range(body):
-                        o0[x] = s[x * itemsize + j]
-
-
-@cython.boundscheck(False)
-@cython.wraparound(False)
-def gather_shuffle(
-    const uint8_t[:, :, ::1] src,
-    Py_ssize_t itemsize,
-    Py_ssize_t z0,
-    Py_ssize_t y0,
-    Py_ssize_t x0,
-    Py_ssize_t cz,
-    Py_ssize_t cy,
-    Py_ssize_t cx,
-    uint8_t[::1] out,
-    Py_ssize_t first,
-) -> None:
-    """Gather a zero-padded block of a chunk straight into the chunk's HDF5-shuffled bytes.
-
-    `src` is a slab viewed as bytes, (Z, Y, X * itemsize); the block is the elements
-    ``[z0:z0+cz, y0:y0+cy, x0:x0+cx]`` (x in elements) and holds elements ``first ..``
-    of a chunk of ``len(out) // itemsize`` elements, whose shuffled bytes `out` receives
-    (``shuffle`` of the gathered chunk, without the gathered copy in between).
-    """
-    cdef Py_ssize_t nbytes = out.shape[0]
-    cdef Py_ssize_t n, count = cz * cy * cx
-    cdef const uint8_t* sp = NULL
-    if itemsize < 1 or nbytes % itemsize:
-        raise ValueError(f"out holds {nbytes} bytes, not a whole number of {itemsize}-byte elements")
-    if cz < 0 or cy < 0 or cx < 0 or first < 0:
-        raise ValueError("block extents and its first element must be non-negative")
-    n = nbytes // itemsize
-    if first + count > n:
-        raise ValueError(f"elements {first}..{first + count} exceed the chunk's {n}")
-    if src.shape[2] % itemsize:
-        raise ValueError(f"source rows of {src.shape[2]} bytes are not whole {itemsize}-byte elements")
-    if count == 0:
-        return
-    if src.shape[0] and src.shape[1] and src.shape[2]:
-        sp = &src[0, 0, 0]
-    with nogil:
-        _gather_shuffle_bytes(sp, src.shape[0] if sp != NULL else 0, src.shape[1], src.shape[2] // itemsize,
-                              z0, y0, x0, cz, cy, cx, itemsize, &out[0], n, first)
-
 
 ctypedef int (*_lz4_compress_t)(const char* src, char* dst, int src_size, int dst_capacity) noexcept nogil
 

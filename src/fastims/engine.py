@@ -268,9 +268,6 @@ class DatasetRef:
         self.raw = raw
 
 
-_NO_PLANES = np.empty((0, 1, 8), np.uint8)  # a part never taken: its planes read as zeros
-
-
 class _Slab:
     """A chunk-deep slab of one level, held as `parts` of `g` planes each.
 
@@ -300,16 +297,6 @@ class _Slab:
             if part is not None and start < self.depth:
                 out.append((start, part[: min(self.g, self.depth - start)]))
         return out
-
-    def gather_shuffle(self, kernel: Callable[..., None], y0: int, x0: int, out: np.ndarray,
-                       chunks: tuple[int, int, int], itemsize: int) -> None:
-        """Fill `out` with the HDF5-shuffled bytes of the chunk at (y0, x0), zero-padded."""
-        g = self.g
-        _, cy, cx = chunks
-        for k, part in enumerate(self.parts):
-            valid = min(g, max(self.depth - k * g, 0))
-            src = part[:valid].view(np.uint8) if part is not None else _NO_PLANES
-            kernel(src, itemsize, 0, y0, x0, g, cy, cx, out, k * g * cy * cx)
 
     def gather(self, gather: Callable[..., None], y0: int, x0: int, chunk: np.ndarray) -> None:
         """Fill `chunk` (cz, cy, cx) from the slab's parts at (y0, x0), zero-padded."""
@@ -820,7 +807,7 @@ class Engine:
                 self._write_raw_row(raw, slab, stream.dtype, cz, cy, cx, nx, iy)
                 return
             gather = _dispatch.kernel("gather_chunk")
-            gather_shuffle = _dispatch.kernel("gather_shuffle")
+            shuffle = _dispatch.kernel("shuffle")
             dtype = stream.dtype
             nbytes = cz * cy * cx * dtype.itemsize
             bound = codec.frame_bound(nbytes) if codec.compression is not None else None
@@ -834,13 +821,13 @@ class Engine:
                     slab.gather(gather, iy * cy, ix * cx, chunk)
                     self._enqueue_chunk(dataset, offset, chunk, 0, chunk)
                     continue
-                if codec.shuffles:  # gather and shuffle in one pass
-                    data = self._scratch("shuffled", (nbytes,), np.uint8)
-                    slab.gather_shuffle(gather_shuffle, iy * cy, ix * cx, data, (cz, cy, cx), dtype.itemsize)
-                else:
-                    chunk = self._scratch("chunk", (cz, cy, cx), dtype)
-                    slab.gather(gather, iy * cy, ix * cx, chunk)
-                    data = chunk.reshape(-1).view(np.uint8)
+                chunk = self._scratch("chunk", (cz, cy, cx), dtype)
+                slab.gather(gather, iy * cy, ix * cx, chunk)
+                data = chunk.reshape(-1).view(np.uint8)
+                if codec.shuffles:
+                    shuffled = self._scratch("shuffled", (nbytes,), np.uint8)
+                    shuffle(data, dtype.itemsize, shuffled)
+                    data = shuffled
                 if bound is not None:
                     # encoded straight into a pooled buffer the writer thread hands back
                     out = self._acquire((bound,), np.uint8)

@@ -201,50 +201,6 @@ def test_shuffle_rejects_bad_input(fn):
         fn(np.zeros(16, np.uint8)[::2], 2, np.zeros(8, np.uint8))
 
 
-# -- gather_shuffle: gather and HDF5 shuffle in one pass ------------------------------------
-
-
-@settings(max_examples=120, deadline=None)
-@given(
-    src_shape=st.tuples(st.integers(0, 7), st.integers(1, 7), st.integers(1, 7)),
-    chunk=st.tuples(st.integers(1, 6), st.integers(1, 6), st.integers(1, 6)),
-    origin=st.tuples(st.integers(0, 9), st.integers(0, 9), st.integers(0, 9)),
-    itemsize=st.sampled_from([1, 2, 4, 8]),
-    parts=st.sampled_from([1, 2, 3]),
-)
-def test_gather_shuffle_equals_gather_then_shuffle(src_shape, chunk, origin, itemsize, parts):
-    """Block by block (as slab parts feed it), the result is shuffle(gather(chunk)) exactly."""
-    rng = np.random.default_rng(sum(src_shape) + itemsize)
-    sz, sy, sx = src_shape
-    src = rng.integers(0, 256, (sz, sy, sx * itemsize), dtype=np.uint8)
-    cz, cy, cx = chunk
-    cz *= parts
-    z0, y0, x0 = origin
-    elements = src.view(f"u{itemsize}")
-    gathered = naive_gather(elements, (z0, y0, x0), (cz, cy, cx))
-    expect = naive_shuffle(gathered.tobytes(), itemsize)
-    g = cz // parts
-    for fn in (_dispatch.kernel("gather_shuffle"), _dispatch.reference("gather_shuffle")):
-        out = np.full(cz * cy * cx * itemsize, 7, np.uint8)
-        for k in range(parts):  # each part: its own source slab, its elements of the chunk
-            part = np.ascontiguousarray(src[z0 + k * g : z0 + (k + 1) * g]) if z0 + k * g < sz else src[:0]
-            fn(part, itemsize, 0, y0, x0, g, cy, cx, out, k * g * cy * cx)
-        assert out.tobytes() == expect
-
-
-def test_gather_shuffle_errors():
-    src = np.zeros((2, 2, 8), np.uint8)
-    for fn in (_dispatch.kernel("gather_shuffle"), _dispatch.reference("gather_shuffle")):
-        with pytest.raises(ValueError, match="whole number"):
-            fn(src, 2, 0, 0, 0, 1, 1, 1, np.zeros(7, np.uint8), 0)
-        with pytest.raises(ValueError, match="exceed"):
-            fn(src, 2, 0, 0, 0, 2, 2, 2, np.zeros(16, np.uint8), 1)
-        with pytest.raises(ValueError, match="non-negative"):
-            fn(src, 2, 0, 0, 0, 1, 1, 1, np.zeros(16, np.uint8), -1)
-        with pytest.raises(ValueError, match="source rows"):
-            fn(np.zeros((2, 2, 7), np.uint8), 2, 0, 0, 0, 1, 1, 1, np.zeros(16, np.uint8), 0)
-
-
 # -- lz4_frame: the HDF5-LZ4 frame written in place ----------------------------------------
 
 

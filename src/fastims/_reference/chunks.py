@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["gather_chunk", "gather_shuffle", "lz4_frame", "shuffle", "unshuffle"]
+__all__ = ["gather_chunk", "lz4_frame", "shuffle", "unshuffle"]
 
 # dtypes the compiled gather_chunk is specialised for (it only moves bytes; other dtypes of
 # these widths are passed as a view of the unsigned type)
@@ -103,39 +103,6 @@ def unshuffle(src: np.ndarray, itemsize: int, out: np.ndarray) -> None:
     body = n * itemsize
     out[:body] = src[:body].reshape(itemsize, n).T.reshape(-1)
     out[body:nbytes] = src[body:]
-
-
-def gather_shuffle(
-    src: np.ndarray, itemsize: int, z0: int, y0: int, x0: int, cz: int, cy: int, cx: int, out: np.ndarray,
-    first: int,
-) -> None:
-    """Gather a zero-padded chunk block into the chunk's HDF5-shuffled bytes.
-
-    `src` is a (Z, Y, X * itemsize) uint8 view of a slab; the block is the elements
-    ``[z0:z0+cz, y0:y0+cy, x0:x0+cx]`` (x in elements), elements ``first ..`` of a chunk of
-    ``len(out) // itemsize`` elements whose shuffled bytes `out` receives.
-    """
-    nbytes = out.shape[0]
-    if itemsize < 1 or nbytes % itemsize:
-        raise ValueError(f"out holds {nbytes} bytes, not a whole number of {itemsize}-byte elements")
-    if cz < 0 or cy < 0 or cx < 0 or first < 0:
-        raise ValueError("block extents and its first element must be non-negative")
-    n = nbytes // itemsize
-    count = cz * cy * cx
-    if first + count > n:
-        raise ValueError(f"elements {first}..{first + count} exceed the chunk's {n}")
-    if src.shape[2] % itemsize:
-        raise ValueError(f"source rows of {src.shape[2]} bytes are not whole {itemsize}-byte elements")
-    if count == 0:
-        return
-    elements = src.reshape(src.shape[0], src.shape[1], src.shape[2] // itemsize, itemsize)
-    block = np.zeros((cz, cy, cx, itemsize), np.uint8)
-    za, zb = _overlap(z0, cz, elements.shape[0])
-    ya, yb = _overlap(y0, cy, elements.shape[1])
-    xa, xb = _overlap(x0, cx, elements.shape[2])
-    block[za - z0 : zb - z0, ya - y0 : yb - y0, xa - x0 : xb - x0] = elements[za:zb, ya:yb, xa:xb]
-    planes = out.reshape(itemsize, n)
-    planes[:, first : first + count] = block.reshape(count, itemsize).T
 
 
 def lz4_frame(src: np.ndarray, out: np.ndarray, compress: int) -> int:
