@@ -1,6 +1,6 @@
 """Peak memory does not grow with the number of planes: 1024 vs 128 frames of 2048 x 2048 uint16.
 
-Each stack is written by a fresh Python process from a bank of 8 synthetic frames, with the
+Each stack is written by a fresh Python process from a bank of 32 synthetic frames, with the
 default memory budget, and the file is fsync'd before the peak is read. The peak is the
 child's ``VmHWM`` (high-water resident set of its own address space), not ``ru_maxrss``: Linux
 carries the parent's high-water mark into ``ru_maxrss`` across fork/vfork + exec, so a child
@@ -12,7 +12,7 @@ Cases: ``.ims`` with shuffle+LZ4 (the compressed-chunk queue path) and BDV uncom
 in-place ``pwritev`` path). ``extra_info`` holds both peaks in MiB, their difference and the
 write's input MB/s of the 1024-frame run (wall time of the child, bank excluded).
 
-Run with ``python -m pytest benchmarks/bench_memory.py --benchmark-only`` (~40 s; writes
+Run with ``python -m pytest benchmarks/bench_memory.py --benchmark-only`` (~1 min; writes
 8.6 GB per 1024-frame run, deleted at once).
 """
 
@@ -36,8 +36,8 @@ _SCRIPT = textwrap.dedent(
     from fastims.synthetic import SyntheticCamera
 
     fmt, n, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-    cam = SyntheticCamera((2048, 2048), depth=64, dtype="uint16", seed=3)
-    bank = [cam.frame(8 * i) for i in range(8)]
+    cam = SyntheticCamera((2048, 2048), depth=256, dtype="uint16", seed=3)
+    bank = [cam.frame(8 * i) for i in range(32)]  # a 32-deep chunk never repeats a frame
     fastims.warmup()
     t0 = time.perf_counter()
     if fmt == "ims":

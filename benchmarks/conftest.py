@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 FRAME = (2048, 2048)
-NBANK = 16
+NBANK = 64
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -21,7 +21,11 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 @pytest.fixture(scope="session")
 def camera_bank() -> np.ndarray:
-    """16 distinct realistic 2048x2048 uint16 frames (blobs, shot noise, dark offset), warm."""
+    """64 distinct realistic 2048x2048 uint16 frames (blobs, shot noise, dark offset), warm.
+
+    As many as the deepest chunks of a 256-frame stack hold (32 planes) and more: a chunk
+    never sees the same frame twice, which would flatter the codecs.
+    """
     from fastims.synthetic import SyntheticCamera
 
     cam = SyntheticCamera(FRAME, depth=NBANK * 8, dtype="uint16", seed=7)

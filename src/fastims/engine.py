@@ -7,11 +7,16 @@ and the block-mean downsampling of the slab into the slab of each level computed
 a complete lower-level slab fans out the same way. Finished chunks go to one writer thread,
 the only thread that calls HDF5 (h5py serialises every HDF5 call anyway), which stores them
 with ``write_direct_chunk``: no filter pipeline, no partial-chunk rewrites, no re-reading.
+Uncompressed datasets are allocated up front by HDF5 on page boundaries instead; the writer
+thread writes each gathered row of chunks at its address with direct I/O (:class:`RawTarget`).
 
-Memory: slab and chunk buffers come from a pool and are reused (fresh pages cost ~8x more
-than warm ones on the VMs we target). The caller blocks in ``write`` while the bytes held by
-slabs and queued chunks exceed ``memory_limit`` and work is in flight (back-pressure); it
-never blocks when nothing is in flight, so an out-of-order stream cannot deadlock.
+Memory: slab, chunk and row buffers come from a process-wide pool and are reused (fresh
+pages cost ~8x more than warm ones on the VMs we target). Level-0 slabs are taken part by
+part as frames arrive. The caller blocks in ``write`` while the bytes held by slabs, plus
+room kept for lower-level slabs, exceed ``memory_limit`` and work is in flight
+(back-pressure); it never blocks when nothing is in flight, so an out-of-order stream cannot
+deadlock. Encoded chunks and rows waiting for the writer thread have their own bound
+(:attr:`Engine.IO_BYTES`): workers wait for the disk, and the caller waits for them.
 
 The engine knows nothing about formats: adapters create the datasets (through
 :meth:`Engine.call`, in the writer thread), describe the levels with :class:`LevelSpec` and
@@ -80,13 +85,13 @@ def _ram_bytes() -> int:
 
 
 def default_memory_limit() -> int:
-    """Floor of the automatic budget: 768 MiB, or 1/8 of RAM if less.
+    """Floor of the automatic budget: 512 MiB (ImarisWriter holds 330-520 MiB), or 1/8 of RAM.
 
-    The same floor for shallow and deep stacks keeps memory flat in Z; it holds two of the
-    deepest level-0 slabs of ImarisWriter's layout for 2048 x 2048 uint16 frames (32 planes,
-    256 MiB) plus their lower levels, so the next slab fills while the last one is encoded
-    and ``write`` does not stall a camera. :meth:`Engine.open_stream` raises the automatic
-    budget when the open streams need more.
+    The same floor for shallow and deep stacks keeps memory flat in Z. Level-0 slabs are
+    taken part by part, so it also holds a deep slab of ImarisWriter's layout for 2048 x 2048
+    uint16 frames (32 planes, 256 MiB) being encoded while the next one fills, and ``write``
+    does not stall a 100 fps camera. :meth:`Engine.open_stream` raises the automatic budget
+    when the open streams need more.
     """
     return int(min(512 << 20, _ram_bytes() // 8))
 
@@ -121,9 +126,9 @@ class BufferPool:
     def take(self, shape: tuple, dtype: np.dtype) -> np.ndarray:
         """An idle buffer viewed as `shape` and `dtype`, or a new one (never blocks).
 
-        Best fit: an idle buffer of the same size, else the smallest one up to twice as large
-        (a warm page costs far less than a fresh one, even when the rest of the buffer idles
-        meanwhile; a much larger one, say a deep slab, is kept for a request of its size).
+        Best fit: an idle buffer of the same size, else the smallest one up to 1/8 larger (a
+        warm page costs far less than a fresh one; a much larger buffer is kept for a request
+        of its size: lending it would make the footprint grow with the mix of sizes).
         """
         dtype = np.dtype(dtype)
         nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
@@ -131,7 +136,7 @@ class BufferPool:
         with self._lock:
             free = self._free.get(nbytes)
             if not free:
-                larger = [size for size, bufs in self._free.items() if nbytes < size <= 2 * nbytes and bufs]
+                larger = [size for size, bufs in self._free.items() if nbytes < size <= nbytes + (nbytes >> 3) and bufs]
                 free = self._free[min(larger)] if larger else None
             if free:
                 owner = free.pop()
@@ -182,7 +187,7 @@ def aligned_window(owner: np.ndarray, nbytes: int) -> np.ndarray:
 
 #: buffers the pool keeps beyond an engine's budget (child slabs and rows for direct writes
 #: are taken without waiting for the budget)
-_POOL_HEADROOM = 128 << 20
+_POOL_HEADROOM = 64 << 20
 
 _POOL = BufferPool(default_memory_limit() + _POOL_HEADROOM)
 
@@ -404,25 +409,30 @@ class Engine:
     max_workers : int, optional
         Encoding/downsampling threads (default: the number of CPUs).
     memory_limit : int, optional
-        Bytes that slabs and queued chunks may hold before ``write`` blocks
+        Bytes that slabs may hold before ``write`` blocks
         (default :func:`default_memory_limit`).
+    memory_floor : int, optional
+        A lower floor for the automatic budget, for adapters whose chunk layout does not
+        change with the stack depth (with a smaller budget, a short stack reaches the same
+        steady state as a long one, so peak memory is flat in Z from the first slabs).
     """
 
-    def __init__(self, *, max_workers: int | None = None, memory_limit: int | None = None) -> None:
+    def __init__(self, *, max_workers: int | None = None, memory_limit: int | None = None,
+                 memory_floor: int | None = None) -> None:
         if max_workers is not None and (not isinstance(max_workers, int) or max_workers < 1):
             raise ValueError(f"max_workers must be a positive integer, got {max_workers!r}")
         if memory_limit is not None and (not isinstance(memory_limit, int) or memory_limit < 1):
             raise ValueError(f"memory_limit must be a positive number of bytes, got {memory_limit!r}")
         self.max_workers = max_workers or os.cpu_count() or 1
         self._auto_limit = memory_limit is None
-        self.memory_limit = memory_limit or default_memory_limit()
+        self.memory_limit = memory_limit or min(memory_floor or default_memory_limit(), default_memory_limit())
         self._streams: list[Stream] = []
         self._pool = ThreadPoolExecutor(self.max_workers, thread_name_prefix="fastims-worker")
         self._queue: queue.Queue = queue.Queue()
         self._cv = threading.Condition()
         self._pending = 0  # tasks and writer items not finished yet
-        self._mem = 0  # bytes held by slabs in use and chunks waiting for the writer
-        self._io_bytes = 0  # bytes of gathered rows waiting for the writer (RawTarget)
+        self._mem = 0  # bytes held by slabs in use
+        self._io_bytes = 0  # bytes of chunks and rows waiting for the writer thread
         self._reserve = 0  # budget kept for one lower-level slab per level of the open streams
         self._lower = 0  # bytes of lower-level slabs held now
         self._error: BaseException | None = None
@@ -500,16 +510,16 @@ class Engine:
                 if kind == "raw":
                     self._store_raw(*item[1:])
                 elif kind == "chunk":
-                    _, dataset, offset, payload, nbytes, release = item
+                    _, dataset, offset, payload, nbytes, pooled = item
                     try:
                         if self._error is None:
                             dataset.id.write_direct_chunk(offset, payload)
-                            self._wrote(len(memoryview(payload).cast("B")))
+                            self._wrote(nbytes)
                     finally:
-                        if release is not None:
-                            self._release(release)
-                        with self._cv:
-                            self._mem -= nbytes
+                        if pooled is not None:
+                            self._give_io(pooled)
+                        else:
+                            self._io_done(nbytes)
                 else:
                     _, fn, args, kwargs, fut = item
                     if fut is not None:
@@ -817,9 +827,9 @@ class Engine:
                 offset = (slab.z0, iy * cy, ix * cx)
                 if codec.compression is None:
                     # the chunk itself is the payload: it must live until the writer stored it
-                    chunk = self._acquire((cz, cy, cx), dtype)
+                    chunk = self._take_io((cz, cy, cx), dtype)
                     slab.gather(gather, iy * cy, ix * cx, chunk)
-                    self._enqueue_chunk(dataset, offset, chunk, 0, chunk)
+                    self._enqueue_chunk(dataset, offset, chunk, chunk)
                     continue
                 chunk = self._scratch("chunk", (cz, cy, cx), dtype)
                 slab.gather(gather, iy * cy, ix * cx, chunk)
@@ -830,12 +840,11 @@ class Engine:
                     data = shuffled
                 if bound is not None:
                     # encoded straight into a pooled buffer the writer thread hands back
-                    out = self._acquire((bound,), np.uint8)
+                    out = self._take_io((bound,), np.uint8)
                     size = codec.encode_into(data, out)
-                    self._enqueue_chunk(dataset, offset, out[:size], 0, out)
+                    self._enqueue_chunk(dataset, offset, out[:size], out)
                 else:
-                    payload = codec.compress(data)
-                    self._enqueue_chunk(dataset, offset, payload, len(payload), None)
+                    self._enqueue_chunk(dataset, offset, codec.compress(data), None)
         finally:
             self._unref(stream, li, slab)
 
@@ -886,28 +895,35 @@ class Engine:
     #: smallest level-0 part of a slab taken from the budget at once (see :class:`_Slab`)
     PART_BYTES = 32 << 20
 
-    #: bytes of gathered rows that may wait for the writer thread before workers wait
+    #: bytes of chunks and rows that may wait for the writer thread before workers wait
     IO_BYTES = 64 << 20
 
-    def _take_io(self, shape: tuple, dtype: np.dtype) -> np.ndarray:
-        """A row buffer for the writer thread; waits while :attr:`IO_BYTES` are queued.
+    def _reserve_io(self, nbytes: int) -> None:
+        """Wait while :attr:`IO_BYTES` of payloads are queued for the writer thread, then count these.
 
-        Rows have their own small bound instead of the memory budget: they are copies of a
-        slab that is still held, and counting them in the budget would stall the camera
-        while a deep slab (256 MiB) and its rows coexist for a moment.
+        Payloads have their own small bound instead of the memory budget: they are copies of
+        a slab that is still held, so counting them in the budget would stall the camera
+        while a deep slab (256 MiB) and its encoded chunks coexist for a moment; and the
+        bound keeps what waits for the disk independent of the slab size.
         """
-        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
         with self._cv:
             while self._io_bytes and self._io_bytes + nbytes > self.IO_BYTES and self._error is None:
                 self._cv.wait()
             self._io_bytes += nbytes
+
+    def _io_done(self, nbytes: int) -> None:
+        with self._cv:
+            self._io_bytes -= nbytes
+            self._cv.notify_all()
+
+    def _take_io(self, shape: tuple, dtype: np.dtype) -> np.ndarray:
+        """A pooled buffer for a payload of the writer thread (see :meth:`_reserve_io`)."""
+        self._reserve_io(int(np.prod(shape)) * np.dtype(dtype).itemsize)
         return _POOL.take(shape, dtype)
 
-    def _give_io(self, row: np.ndarray) -> None:
-        _POOL.give(row)
-        with self._cv:
-            self._io_bytes -= row.nbytes
-            self._cv.notify_all()
+    def _give_io(self, buf: np.ndarray) -> None:
+        _POOL.give(buf)
+        self._io_done(buf.nbytes)
 
     def _pwrite(self, raw: RawTarget, data: np.ndarray, offset: int) -> None:
         """Write `data` at `offset`: direct I/O when aligned, else through the page cache."""
@@ -925,11 +941,14 @@ class Engine:
         _pwrite_all(raw.fd, view, offset)
         self._wrote(len(view), raw.fd)
 
-    def _enqueue_chunk(self, dataset: Any, offset: tuple, payload: Any, nbytes: int, release: np.ndarray | None) -> None:
+    def _enqueue_chunk(self, dataset: Any, offset: tuple, payload: Any, pooled: np.ndarray | None) -> None:
+        """Queue a chunk for ``write_direct_chunk``; `pooled` is the buffer behind it, if any."""
+        nbytes = memoryview(payload).nbytes
+        if pooled is None:  # a new bytes object: counted here (pooled ones by _take_io)
+            self._reserve_io(nbytes)
         with self._cv:
             self._pending += 1
-            self._mem += nbytes
-        self._queue.put(("chunk", dataset, offset, payload, nbytes, release))
+        self._queue.put(("chunk", dataset, offset, payload, nbytes, pooled))
 
     def _task_downsample(self, stream: Stream, li: int, slab: _Slab, ci: int) -> None:
         try:

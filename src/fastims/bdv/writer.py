@@ -669,7 +669,9 @@ class BdvWriter(_ViewStreamer):
     max_workers : int, optional
         Encoding/downsampling threads (default: number of CPUs).
     memory_limit : int, optional
-        Bytes of slabs and queued chunks before writes block (back-pressure).
+        Bytes of slabs (images being assembled and encoded) before writes block (back-pressure). Default:
+        256 MiB (1/8 of RAM if less), raised to hold one slab per level of the images being
+        written together; the flat default keeps peak memory independent of the stack depth.
     overwrite : bool
         Replace existing files; otherwise an existing ``.xml`` or ``.h5`` raises
         FileExistsError.
@@ -742,7 +744,9 @@ class BdvWriter(_ViewStreamer):
         self._camera: str | None = None
         self._parts: dict[tuple[int, int], Any] = {}
         self._file = None
-        self._engine = Engine(max_workers=max_workers, memory_limit=memory_limit)
+        # BDV chunks do not depend on the stack depth (8-deep slabs of 64 MiB for 2048 x 2048
+        # uint16): a quarter GiB keeps four slabs in flight, the same for every depth
+        self._engine = Engine(max_workers=max_workers, memory_limit=memory_limit, memory_floor=256 << 20)
         try:
             self._engine.call(self._open_file)
         except BaseException:
