@@ -1006,22 +1006,26 @@ def ranges_text(indices: Sequence[int]) -> str:
     return ",".join(parts)
 
 
-def _sync_file_range() -> Callable[[int], None] | None:
-    """libc's sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE), or None off Linux."""
+def _linux_libc(name: str, *argtypes: Any) -> Callable[..., int] | None:
+    """libc function `name` (returning int) through ctypes, or None off Linux or if absent."""
     if not sys.platform.startswith("linux"):
         return None
     try:
         import ctypes
 
-        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+        fn = getattr(ctypes.CDLL(None, use_errno=True), name)
     except (OSError, AttributeError):  # pragma: no cover - exotic libc
         return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.argtypes = [getattr(ctypes, t) for t in argtypes]
     fn.restype = ctypes.c_int
-    return lambda fd: fn(fd, 0, 0, 2)  # 2 = SYNC_FILE_RANGE_WRITE: start, do not wait
+    return fn
 
 
-_SYNC_FILE_RANGE = _sync_file_range()
+# sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE = 2): start writeback, do not wait
+_SYNC_FILE_RANGE = _linux_libc("sync_file_range", "c_int", "c_int64", "c_int64", "c_uint")
+# fallocate(fd, 0, offset, len): not glibc's posix_fallocate, which falls back to writing
+# zeros where the file system cannot reserve blocks
+_FALLOCATE = _linux_libc("fallocate", "c_int", "c_int", "c_int64", "c_int64")
 
 
 def _start_writeback(fd: int) -> None:
@@ -1030,32 +1034,13 @@ def _start_writeback(fd: int) -> None:
     The pages stay cached (unlike ``POSIX_FADV_DONTNEED``, whose freed pages a VM may hand
     back to its host and then fault in again slowly).
     """
-    if _SYNC_FILE_RANGE is not None and _SYNC_FILE_RANGE(fd) != 0:  # pragma: no cover - a hint only
+    if _SYNC_FILE_RANGE is not None and _SYNC_FILE_RANGE(fd, 0, 0, 2) != 0:  # pragma: no cover - a hint only
         logger.debug("sync_file_range failed")
-
-
-def _libc_fallocate() -> Callable[[int, int, int], int] | None:
-    """Linux ``fallocate(fd, 0, offset, len)`` (not glibc's posix_fallocate, which falls back
-    to writing zeros where the file system cannot reserve blocks), or None."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        import ctypes
-
-        fn = ctypes.CDLL(None, use_errno=True).fallocate
-    except (OSError, AttributeError):  # pragma: no cover - exotic libc
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-    fn.restype = ctypes.c_int
-    return lambda fd, offset, length: fn(fd, 0, offset, length)
-
-
-_FALLOCATE = _libc_fallocate()
 
 
 def _fallocate(fd: int, offset: int, length: int) -> None:
     """Reserve blocks for a file range if the file system can; a hint only (errors ignored)."""
-    if _FALLOCATE is not None and _FALLOCATE(fd, offset, length) != 0:  # pragma: no cover - e.g. EOPNOTSUPP
+    if _FALLOCATE is not None and _FALLOCATE(fd, 0, offset, length) != 0:  # pragma: no cover - e.g. EOPNOTSUPP
         logger.debug("fallocate failed; direct writes will allocate blocks as they go")
 
 
