@@ -46,7 +46,7 @@ from fastims.histogram import Histogram
 from fastims.pyramid import downsampled_shape
 
 __all__ = [
-    "ALIGNED_FILE", "BufferPool", "DatasetRef", "Engine", "LevelSpec", "RawTarget", "Stream", "aligned_window", "default_memory_limit",
+    "ALIGNED_FILE", "BufferPool", "DatasetRef", "Engine", "LevelSpec", "RawTarget", "Stream", "default_memory_limit",
     "open_raw_fds", "ranges_text", "release_buffers",
 ]
 
@@ -147,7 +147,7 @@ class BufferPool:
             self._out += nbytes if owner is None else owner.nbytes - _ALIGN
         if owner is None:
             owner = np.empty(nbytes + _ALIGN, dtype=np.uint8)
-        return aligned_window(owner, nbytes).view(dtype).reshape(shape)
+        return _aligned_window(owner, nbytes).view(dtype).reshape(shape)
 
     def give(self, buf: np.ndarray) -> None:
         """Return a buffer from :meth:`take`; it is kept if the footprint stays within `retain_bytes`."""
@@ -179,7 +179,7 @@ class BufferPool:
 _ALIGN = 4096
 
 
-def aligned_window(owner: np.ndarray, nbytes: int) -> np.ndarray:
+def _aligned_window(owner: np.ndarray, nbytes: int) -> np.ndarray:
     """The `nbytes` of uint8 array `owner` (``nbytes + 4096`` long) that start on a 4 KiB boundary."""
     start = -owner.ctypes.data % _ALIGN
     return owner[start : start + nbytes]
@@ -205,11 +205,12 @@ class RawTarget:
     The writer thread fills `fd` (a plain descriptor of the file), `direct_fd` (the same file
     opened with ``O_DIRECT``, or -1; see :func:`open_raw_fds`) and `addresses` (chunk origin
     -> file offset, from :func:`fastims.compression.chunk_addresses`) and sets `ready`.
-    Workers then gather a whole row of chunks into one page-aligned buffer and write it
-    in place: no payload queued, no GIL held during the write, HDF5 itself still called
-    only by the writer thread. With `direct_fd` the disk reads the buffer itself (no copy
-    into the page cache, which costs as much CPU as computing the pyramid, and no lock
-    shared by the writing threads); without it, one ``pwrite`` through the page cache.
+    Workers then gather a whole row of chunks (contiguous in the file) into one page-aligned
+    pooled buffer, and the writer thread writes it in place with ``os.pwrite`` (GIL
+    released), no HDF5 call involved. With `direct_fd` the disk reads the buffer itself: no
+    copy into the page cache, which costs as much CPU as computing the pyramid; without it,
+    one buffered ``pwrite`` from a single thread (two threads writing one file spin on
+    the file system's inode lock).
     """
 
     __slots__ = ("fd", "direct_fd", "addresses", "ready")
@@ -878,9 +879,7 @@ class Engine:
             if ix == n or addresses[ix] != addresses[ix - 1] + chunk_bytes:
                 runs.append((start * chunk_bytes, ix * chunk_bytes, addresses[start]))
                 start = ix
-        with self._cv:
-            self._pending += 1
-        self._queue.put(("raw", raw, row, runs))
+        self._put(("raw", raw, row, runs))
 
     def _store_raw(self, raw: RawTarget, row: np.ndarray, runs: list[tuple[int, int, int]]) -> None:
         """Writer thread: write a gathered row at its file offsets, then recycle its buffer."""
@@ -946,9 +945,7 @@ class Engine:
         nbytes = memoryview(payload).nbytes
         if pooled is None:  # a new bytes object: counted here (pooled ones by _take_io)
             self._reserve_io(nbytes)
-        with self._cv:
-            self._pending += 1
-        self._queue.put(("chunk", dataset, offset, payload, nbytes, pooled))
+        self._put(("chunk", dataset, offset, payload, nbytes, pooled))
 
     def _task_downsample(self, stream: Stream, li: int, slab: _Slab, ci: int) -> None:
         try:
