@@ -176,6 +176,7 @@ def encode_lz4(data: Any, *, block_size: int = LZ4_BLOCK_SIZE) -> bytes:
 
 
 _LZ4_ADDRESS: int | None = None
+_LZ4_LIBS: list[Any] = []
 
 
 def lz4_compress_address() -> int:
@@ -220,6 +221,7 @@ def _find_lz4_compress() -> int:
         except lz4.block.LZ4BlockError:
             ok = False
         if ok:
+            _LZ4_LIBS.append(fn)  # keep the library object referenced for the process's life
             return int(ctypes.cast(fn, ctypes.c_void_p).value or 0)
     logger.debug("liblz4 not found: LZ4 chunks are encoded through the lz4 package")
     return 0

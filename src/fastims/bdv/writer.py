@@ -669,9 +669,10 @@ class BdvWriter(_ViewStreamer):
     max_workers : int, optional
         Encoding/downsampling threads (default: number of CPUs).
     memory_limit : int, optional
-        Bytes of slabs (images being assembled and encoded) before writes block (back-pressure). Default:
-        256 MiB (1/8 of RAM if less), raised to hold one slab per level of the images being
-        written together; the flat default keeps peak memory independent of the stack depth.
+        Bytes of slabs (images being assembled and encoded) before writes block
+        (back-pressure). Default: 256 MiB (1/8 of RAM if less), raised to hold one slab per
+        level of the images written together; the flat default keeps peak memory independent
+        of the stack depth.
     overwrite : bool
         Replace existing files; otherwise an existing ``.xml`` or ``.h5`` raises
         FileExistsError.

@@ -76,9 +76,10 @@ class ImsWriter(EngineWriter):
     max_workers : int, optional
         Encoding threads (default: number of CPUs).
     memory_limit : int, optional
-        Bytes of slabs (images being assembled and encoded) before `write_plane` blocks (back-pressure). Default:
-        512 MiB (1/8 of RAM if less), raised to hold one slab per level of the images being
-        written together; the flat default keeps peak memory independent of the stack depth.
+        Bytes of slabs (images being assembled and encoded) before `write_plane` blocks
+        (back-pressure). Default: 512 MiB (1/8 of RAM if less), raised to hold one slab per
+        level of the images written together; the flat default keeps peak memory independent
+        of the stack depth.
     overwrite : bool
         Replace an existing file; otherwise an existing `path` raises FileExistsError.
     allow_incomplete : bool
