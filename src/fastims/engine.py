@@ -187,7 +187,7 @@ def _aligned_window(owner: np.ndarray, nbytes: int) -> np.ndarray:
 
 #: buffers the pool keeps beyond an engine's budget (child slabs and rows for direct writes
 #: are taken without waiting for the budget)
-_POOL_HEADROOM = 64 << 20
+_POOL_HEADROOM = 128 << 20
 
 _POOL = BufferPool(default_memory_limit() + _POOL_HEADROOM)
 
