@@ -282,3 +282,22 @@ def test_memory_floor_lowers_the_automatic_budget_only(tmp_path):
         assert w._engine.memory_limit == min(256 << 20, default_memory_limit())  # BDV: depth-independent chunks
     finally:
         w.close()
+
+
+def test_without_positional_writes_uncompressed_chunks_go_through_hdf5(tmp_path, monkeypatch):
+    """Where os.pwrite is missing (Windows), RawTarget is not used and the file is the same."""
+    import h5py
+
+    import fastims
+    from fastims.engine import RawTarget
+    from fastims.synthetic import camera_stack
+
+    data = camera_stack((20, 70, 90), "uint16", seed=8)
+    fastims.write_ims(tmp_path / "a.ims", data, compression=None)
+    monkeypatch.setattr(RawTarget, "SUPPORTED", False)
+    monkeypatch.setattr(RawTarget, "__init__", lambda self: pytest.fail("RawTarget used"))
+    fastims.write_ims(tmp_path / "b.ims", data, compression=None)
+    with h5py.File(tmp_path / "a.ims", "r") as fa, h5py.File(tmp_path / "b.ims", "r") as fb:
+        for r in range(len([k for k in fa["DataSet"] if k.startswith("ResolutionLevel")])):
+            key = f"DataSet/ResolutionLevel {r}/TimePoint 0/Channel 0/Data"
+            np.testing.assert_array_equal(fa[key][()], fb[key][()])

@@ -215,6 +215,10 @@ class RawTarget:
 
     __slots__ = ("fd", "direct_fd", "addresses", "ready")
 
+    #: positional writes exist here (not on Windows: there, uncompressed chunks go through
+    #: ``write_direct_chunk`` like compressed ones)
+    SUPPORTED = hasattr(os, "pwrite")
+
     def __init__(self) -> None:
         self.fd = -1
         self.direct_fd = -1

@@ -527,7 +527,7 @@ class _ViewStreamer(EngineWriter):
             if view.stream is None:
                 setup = view.setup
                 specs = [LevelSpec(lv.shape, lv.chunks, lv.source, lv.relative) for lv in setup.levels]
-                raw = setup.codec.compression is None
+                raw = setup.codec.compression is None and RawTarget.SUPPORTED
                 refs = [DatasetRef(RawTarget() if raw else None) for _ in specs]
                 # FIFO: the writer thread creates the datasets before it stores any chunk
                 self._engine.post(self._create_datasets, view, refs)

@@ -261,7 +261,7 @@ class ImsWriter(EngineWriter):
             if stream is None:
                 if self._times[t] is None:
                     self._times[t] = _dt.datetime.now()
-                raw = self.codec.compression is None
+                raw = self.codec.compression is None and RawTarget.SUPPORTED
                 refs = [DatasetRef(RawTarget() if raw else None) for _ in self.levels]
                 # FIFO: the writer creates the datasets before it stores any of their chunks
                 self._engine.post(self._create_datasets, t, c, refs)
