@@ -744,13 +744,7 @@ class Engine:
                             part = slab.parts[k] = self._acquire(part_shape, stream.dtype)
                 np.copyto(part[p - slab.z0 - k * g : pend - slab.z0 - k * g], block[p - z0 : pend - z0])
                 p = pend
-            with stream.lock:
-                slab.filled += end - z
-                complete = slab.filled == slab.depth
-                if complete:
-                    del lv.slabs[index]
-            if complete:
-                self._complete(stream, 0, slab)
+            self._add_planes(stream, 0, slab, end - z)
             z = end
 
     def finish(self, stream: Stream, *, zero_fill: bool) -> list[int]:
@@ -767,6 +761,16 @@ class Engine:
                     zeros = np.zeros((1, *stream.shape[1:]), dtype=stream.dtype)
                 self.write(stream, z, zeros)
         return missing
+
+    def _add_planes(self, stream: Stream, li: int, slab: _Slab, n: int) -> None:
+        """Count `n` planes written into `slab`; once complete it leaves the open slabs and fans out."""
+        with stream.lock:
+            slab.filled += n
+            complete = slab.filled == slab.depth
+            if complete:
+                del stream.levels[li].slabs[slab.index]
+        if complete:
+            self._complete(stream, li, slab)
 
     def _complete(self, stream: Stream, li: int, slab: _Slab) -> None:
         """Fan out the tasks of a full slab: histogram, chunk rows, downsampling into children."""
@@ -980,13 +984,7 @@ class Engine:
             s0 = k * fz - z0
             s1 = min(kend * fz, end) - z0
             stream._downsample(src[s0:s1], cslab.parts[0][k - cslab.z0 : kend - cslab.z0], fz, fy, fx)
-            with stream.lock:
-                cslab.filled += kend - k
-                complete = cslab.filled == cslab.depth
-                if complete:
-                    del child.slabs[index]
-            if complete:
-                self._complete(stream, ci, cslab)
+            self._add_planes(stream, ci, cslab, kend - k)
             k = kend
 
 
