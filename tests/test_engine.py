@@ -301,3 +301,26 @@ def test_without_positional_writes_uncompressed_chunks_go_through_hdf5(tmp_path,
         for r in range(len([k for k in fa["DataSet"] if k.startswith("ResolutionLevel")])):
             key = f"DataSet/ResolutionLevel {r}/TimePoint 0/Channel 0/Data"
             np.testing.assert_array_equal(fa[key][()], fb[key][()])
+
+
+def test_a_failed_raw_write_is_raised_to_the_caller(tmp_path, monkeypatch):
+    import errno
+
+    import fastims
+    import fastims.engine as engine_mod
+    from fastims.synthetic import camera_stack
+
+    def full(fd, view, offset):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(engine_mod, "_pwrite_all", full)
+    data = camera_stack((40, 300, 500), "uint16", seed=9)
+    with pytest.raises(OSError, match="No space left"):
+        fastims.write_ims(tmp_path / "full.ims", data, compression=None)
+    with pytest.raises(OSError, match="No space left"):
+        w = fastims.BdvWriter(tmp_path / "full.xml", compression=None)
+        with w:
+            w.add_view(shape=data.shape, dtype="uint16")
+            for z in range(data.shape[0]):
+                w.write_plane(data[z], z=z)
+    assert w.closed
