@@ -696,8 +696,9 @@ class Engine:
 
         with self._cv:
             self._streams = [s for s in self._streams if not s.finished] + [stream]
-            slabs = sum(sum(slab_bytes(lv.spec) for lv in s.levels) for s in self._streams)
-            self._reserve = sum(sum(slab_bytes(lv.spec) for lv in s.levels[1:]) for s in self._streams)
+            top = sum(slab_bytes(s.levels[0].spec) for s in self._streams)
+            self._reserve = sum(slab_bytes(lv.spec) for s in self._streams for lv in s.levels[1:])
+            slabs = top + self._reserve
             if self._auto_limit and slabs + (64 << 20) > self.memory_limit:
                 logger.debug("memory budget raised to %d MiB for %d open streams",
                              (slabs + (64 << 20)) >> 20, len(self._streams))

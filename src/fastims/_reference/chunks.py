@@ -81,19 +81,16 @@ def shuffle(src: np.ndarray, itemsize: int, out: np.ndarray) -> None:
     ``itemsize == 1`` or fewer than two whole elements the bytes are copied unchanged
     (``H5Z_filter_shuffle`` leaves such buffers alone).
     """
-    _check_shuffle_args(src, itemsize, out)
-    nbytes = src.shape[0]
-    n = nbytes // itemsize
-    if itemsize <= 1 or n <= 1:
-        out[:nbytes] = src
-        return
-    body = n * itemsize
-    out[:body] = src[:body].reshape(n, itemsize).T.reshape(-1)
-    out[body:nbytes] = src[body:]
+    _transpose_bytes(src, itemsize, out, reverse=False)
 
 
 def unshuffle(src: np.ndarray, itemsize: int, out: np.ndarray) -> None:
     """Invert :func:`shuffle` (HDF5 shuffle filter, read direction) into ``out[:len(src)]``."""
+    _transpose_bytes(src, itemsize, out, reverse=True)
+
+
+def _transpose_bytes(src: np.ndarray, itemsize: int, out: np.ndarray, *, reverse: bool) -> None:
+    """Shuffle (element-major -> byte-plane-major) or, `reverse`, unshuffle the whole elements."""
     _check_shuffle_args(src, itemsize, out)
     nbytes = src.shape[0]
     n = nbytes // itemsize
@@ -101,7 +98,8 @@ def unshuffle(src: np.ndarray, itemsize: int, out: np.ndarray) -> None:
         out[:nbytes] = src
         return
     body = n * itemsize
-    out[:body] = src[:body].reshape(itemsize, n).T.reshape(-1)
+    rows, cols = (itemsize, n) if reverse else (n, itemsize)
+    out[:body] = src[:body].reshape(rows, cols).T.reshape(-1)
     out[body:nbytes] = src[body:]
 
 
