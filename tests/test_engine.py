@@ -324,3 +324,62 @@ def test_a_failed_raw_write_is_raised_to_the_caller(tmp_path, monkeypatch):
             for z in range(data.shape[0]):
                 w.write_plane(data[z], z=z)
     assert w.closed
+
+
+@pytest.mark.parametrize(("compression", "shuffle"), [(None, False), ("lz4", True), ("lz4", False), ("gzip", True)])
+def test_numpy_twins_write_the_same_file(tmp_path, monkeypatch, compression, shuffle):
+    """The engine's kernels (row gather, LZ4 row frames, ...) and their twins: identical files."""
+    import datetime as dt
+
+    import fastims
+    from fastims import _dispatch
+    from fastims.synthetic import camera_stack
+
+    data = camera_stack((21, 70, 150), "uint16", seed=4)  # padded edges, a short last slab
+    monkeypatch.setattr(Engine, "PART_BYTES", 1)  # slabs in several parts
+    paths = []
+    previous = _dispatch.backend() == "reference"
+    try:
+        for backend in ("compiled", "reference"):
+            _dispatch.use_reference(backend == "reference")
+            paths.append(tmp_path / f"{backend}.ims")
+            fastims.write_ims(paths[-1], data, compression=compression, shuffle=shuffle,
+                              timepoints=[dt.datetime(2026, 1, 1)])
+    finally:
+        _dispatch.use_reference(previous)
+    a, b = _datasets(paths[0]), _datasets(paths[1])
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    with fastims.open(paths[1]) as r:
+        np.testing.assert_array_equal(np.asarray(r[:]).reshape(data.shape), data)
+
+
+def test_rows_queued_for_a_slow_disk_merge_into_larger_writes(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    import h5py
+
+    import fastims
+    import fastims.engine as engine_mod
+    from fastims.synthetic import camera_stack
+
+    data = camera_stack((16, 512, 512), "uint16", seed=6)
+    writes: list[int] = []  # buffers per write call
+    first = threading.Event()
+    real_pwrite_all = engine_mod._pwrite_all
+
+    def slow(fd, buffers, offset):
+        if not first.is_set():  # the disk stalls once: rows pile up behind the first write
+            first.set()
+            time.sleep(0.3)
+        writes.append(len(buffers))
+        real_pwrite_all(fd, buffers, offset)
+
+    monkeypatch.setattr(engine_mod, "_pwrite_all", slow)
+    path = tmp_path / "slow.ims"
+    fastims.write_ims(path, data, compression=None, max_workers=2)
+    assert max(writes) > 1  # queued adjacent rows went out as one vectored write
+    with h5py.File(path, "r") as f:
+        np.testing.assert_array_equal(f["DataSet/ResolutionLevel 0/TimePoint 0/Channel 0/Data"][:16, :512, :512], data)

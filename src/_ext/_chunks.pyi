@@ -13,6 +13,12 @@ def gather_chunk(
     """Copy ``src[z0:z0+cz, y0:y0+cy, x0:x0+cx]`` (C-contiguous 3-D) into C-contiguous `out`
     of shape (cz, cy, cx) and the same dtype, writing zeros where the chunk lies beyond `src`."""
 
+def gather_row(
+    parts: list[npt.NDArray[np.uint8] | None], g: int, depth: int, y0: int, out: npt.NDArray[np.uint8]
+) -> None:
+    """Fill `out` (n, cz, cy, cxb) uint8 with the row of chunks at `y0` of a slab held as byte
+    parts (g', Y, Xb) of `g` planes (None or planes beyond `depth` read as zeros), zero-padded."""
+
 def shuffle(src: npt.NDArray[np.uint8], itemsize: int, out: npt.NDArray[np.uint8]) -> None:
     """HDF5 byte-shuffle (filter 2) of 1-D uint8 `src` into ``out[:len(src)]``."""
 
@@ -22,3 +28,10 @@ def unshuffle(src: npt.NDArray[np.uint8], itemsize: int, out: npt.NDArray[np.uin
 def lz4_frame(src: npt.NDArray[np.uint8], out: npt.NDArray[np.uint8], compress: int) -> int:
     """Write the one-block HDF5-LZ4 frame of `src` into `out` (>= 16 + n + n//255 + 16 bytes)
     with liblz4's ``LZ4_compress_default`` at address `compress`; return the frame length."""
+
+def lz4_frames(
+    src: npt.NDArray[np.uint8], chunk_bytes: int, itemsize: int, scratch: npt.NDArray[np.uint8],
+    compress: int, out: npt.NDArray[np.uint8], stride: int, sizes: npt.NDArray[np.int64],
+) -> None:
+    """HDF5-LZ4 frames of ``len(sizes)`` consecutive chunks (byte-shuffled first when
+    ``itemsize > 1``) at ``out[i * stride]``; frame lengths into `sizes`."""

@@ -14,7 +14,8 @@ memoryview arguments check dtype, rank and contiguity; the hot loops run on raw 
 """
 
 cimport cython
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
 # gather_chunk only moves bytes, so the element type merely fixes the item size; float32 is
@@ -122,6 +123,80 @@ def gather_chunk(
         sp = <const char*>&src[0, 0, 0]
     with nogil:
         _gather_bytes(sp, sz, sy, sx, z0, y0, x0, op, cz, cy, cx, itemsize)
+
+
+def gather_row(list parts, Py_ssize_t g, Py_ssize_t depth, Py_ssize_t y0, uint8_t[:, :, :, ::1] out) -> None:
+    """Cut a whole row of chunks out of a slab held in parts of `g` planes, zero-padded.
+
+    One call per chunk row instead of one per (chunk, part): the engine's slabs are lists
+    of parts, and the Python overhead of a call per piece cost more than the copy.
+
+    Parameters
+    ----------
+    parts : list of (ndarray of uint8, shape (g', Y, Xb), C-contiguous, or None)
+        The slab's parts as bytes (``Xb`` = X times the item size); part ``k`` holds slab
+        planes ``k * g`` onwards. None, or planes beyond `depth` or beyond a part's own
+        length, read as zeros.
+    g : int
+        Planes per part (>= 1).
+    depth : int
+        Valid planes of the slab (the last slab of a stack may be shallower).
+    y0 : int
+        First row of the chunk row, in slab coordinates.
+    out : ndarray of uint8, shape (n, cz, cy, cxb), C-contiguous
+        Receives chunk ``ix`` = slab bytes ``[0:cz, y0:y0+cy, ix*cxb:(ix+1)*cxb]``, zero-padded
+        beyond the slab.
+    """
+    cdef Py_ssize_t n = out.shape[0], cz = out.shape[1], cy = out.shape[2], cxb = out.shape[3]
+    cdef Py_ssize_t nparts = len(parts)
+    cdef Py_ssize_t sy = -1, sx = -1, k, ix, kz, valid
+    cdef Py_ssize_t chunk = cz * cy * cxb
+    cdef const uint8_t[:, :, ::1] view
+    cdef const char** ptrs
+    cdef Py_ssize_t* depths
+    cdef char* op
+    if g < 1:
+        raise ValueError(f"g must be >= 1, got {g}")
+    if n == 0 or chunk == 0:
+        return
+    op = <char*>&out[0, 0, 0, 0]
+    views = []  # keeps every buffer acquired while the GIL is released
+    ptrs = <const char**>malloc(nparts * sizeof(char*) + 1)
+    depths = <Py_ssize_t*>malloc(nparts * sizeof(Py_ssize_t) + 1)
+    if ptrs == NULL or depths == NULL:
+        free(ptrs)
+        free(depths)
+        raise MemoryError()
+    try:
+        for k in range(nparts):
+            ptrs[k] = NULL
+            depths[k] = 0
+            part = parts[k]
+            valid = min(g, depth - k * g)
+            if part is None or valid <= 0:
+                continue
+            view = part
+            if view.shape[0] == 0 or view.shape[1] == 0 or view.shape[2] == 0:
+                continue
+            if sy < 0:
+                sy, sx = view.shape[1], view.shape[2]
+            elif view.shape[1] != sy or view.shape[2] != sx:
+                raise ValueError(f"part {k} is {view.shape[1]} x {view.shape[2]}, part 0 {sy} x {sx}")
+            views.append(view)
+            ptrs[k] = <const char*>&view[0, 0, 0]
+            depths[k] = min(valid, view.shape[0])
+        with nogil:
+            for ix in range(n):
+                for k in range((cz + g - 1) // g):
+                    kz = min(g, cz - k * g)  # chunk planes this part fills
+                    if k >= nparts or ptrs[k] == NULL:
+                        memset(op + ix * chunk + k * g * cy * cxb, 0, kz * cy * cxb)
+                    else:
+                        _gather_bytes(ptrs[k], depths[k], sy, sx, 0, y0, ix * cxb,
+                                      op + ix * chunk + k * g * cy * cxb, kz, cy, cxb, 1)
+    finally:
+        free(ptrs)
+        free(depths)
 
 
 # ---------------------------------------------------------------------------------------
@@ -276,8 +351,31 @@ cdef inline void _put_be(uint8_t* p, uint64_t value, int nbytes) noexcept nogil:
         p[i] = <uint8_t>(value >> (8 * (nbytes - 1 - i)))
 
 
-@cython.boundscheck(False)
-@cython.wraparound(False)
+@cython.cdivision(True)
+cdef Py_ssize_t _frame(const uint8_t* src, Py_ssize_t n, uint8_t* out, Py_ssize_t cap,
+                       _lz4_compress_t fn) noexcept nogil:
+    """One-block HDF5-LZ4 frame of `n` bytes into `out` (`cap` >= the bound); its length."""
+    cdef int c = fn(<const char*>src, <char*>(out + 16), <int>n, <int>(cap - 16))
+    if c <= 0 or c >= n:
+        # a block that does not shrink is stored verbatim, as H5Zlz4.c does
+        memcpy(out + 16, src, n)
+        c = <int>n
+    _put_be(out, <uint64_t>n, 8)
+    _put_be(out + 8, <uint64_t>n, 4)
+    _put_be(out + 12, <uint64_t>c, 4)
+    return 16 + c
+
+
+cdef int _check_frame_args(Py_ssize_t n, Py_ssize_t cap, size_t compress) except -1:
+    if n < 1 or n > 0x7E000000:
+        raise ValueError(f"LZ4 frames hold 1..{0x7E000000} bytes in one block, got {n}")
+    if cap < 16 + n + n // 255 + 16:
+        raise ValueError(f"out holds {cap} bytes, the frame may need {16 + n + n // 255 + 16}")
+    if compress == 0:
+        raise ValueError("no LZ4 compressor address")
+    return 0
+
+
 def lz4_frame(const uint8_t[::1] src, uint8_t[::1] out, size_t compress) -> int:
     """Encode `src` as one-block HDF5-LZ4 frame (filter 32004) into `out`; return its length.
 
@@ -288,20 +386,62 @@ def lz4_frame(const uint8_t[::1] src, uint8_t[::1] out, size_t compress) -> int:
     """
     cdef Py_ssize_t n = src.shape[0]
     cdef Py_ssize_t cap = out.shape[0]
-    cdef int c = 0
-    cdef _lz4_compress_t fn = <_lz4_compress_t>compress
-    if n < 1 or n > 0x7E000000:
-        raise ValueError(f"LZ4 frames hold 1..{0x7E000000} bytes in one block, got {n}")
-    if cap < 16 + n + n // 255 + 16:
-        raise ValueError(f"out holds {cap} bytes, the frame may need {16 + n + n // 255 + 16}")
-    if compress == 0:
-        raise ValueError("no LZ4 compressor address")
+    cdef Py_ssize_t size
+    _check_frame_args(n, cap, compress)
     with nogil:
-        c = fn(<const char*>&src[0], <char*>&out[16], <int>n, <int>(cap - 16))
-        if c <= 0 or c >= n:
-            memcpy(&out[16], &src[0], n)
-            c = <int>n
-        _put_be(&out[0], <uint64_t>n, 8)
-        _put_be(&out[8], <uint64_t>n, 4)
-        _put_be(&out[12], <uint64_t>c, 4)
-    return 16 + c
+        size = _frame(&src[0], n, &out[0], cap, <_lz4_compress_t>compress)
+    return size
+
+
+def lz4_frames(const uint8_t[::1] src, Py_ssize_t chunk_bytes, Py_ssize_t itemsize, uint8_t[::1] scratch,
+               size_t compress, uint8_t[::1] out, Py_ssize_t stride, int64_t[::1] sizes) -> None:
+    """HDF5-LZ4 frames of ``len(sizes)`` consecutive chunks, each byte-shuffled first if asked.
+
+    One call (GIL released throughout) per row of chunks instead of a shuffle and an
+    encode call per chunk.
+
+    Parameters
+    ----------
+    src : ndarray of uint8, 1-D, C-contiguous
+        ``n * chunk_bytes`` bytes: chunk ``i`` is ``src[i * chunk_bytes:(i + 1) * chunk_bytes]``.
+    chunk_bytes : int
+        Bytes per chunk (1 .. 0x7E000000, one LZ4 block).
+    itemsize : int
+        Byte-shuffle each chunk with this element size first (HDF5 filter 2); <= 1: no shuffle.
+    scratch : ndarray of uint8, 1-D
+        Room for one shuffled chunk (``chunk_bytes``) when shuffling; unused otherwise.
+    compress : int
+        Address of liblz4's ``LZ4_compress_default``.
+    out : ndarray of uint8, 1-D
+        Frame ``i`` is written at ``out[i * stride]``; needs ``n * stride`` bytes.
+    stride : int
+        At least the frame bound ``16 + chunk_bytes + chunk_bytes // 255 + 16``.
+    sizes : ndarray of int64, 1-D
+        Receives the length of every frame; its length is the number of chunks ``n``.
+    """
+    cdef Py_ssize_t n = sizes.shape[0], i
+    cdef const uint8_t* s
+    cdef const uint8_t* sp
+    cdef uint8_t* op
+    cdef uint8_t* tmp = NULL
+    cdef _lz4_compress_t fn = <_lz4_compress_t>compress
+    if n == 0:
+        return
+    _check_frame_args(chunk_bytes, stride, compress)
+    if src.shape[0] < n * chunk_bytes:
+        raise ValueError(f"src holds {src.shape[0]} bytes, {n} chunks need {n * chunk_bytes}")
+    if out.shape[0] < n * stride:
+        raise ValueError(f"out holds {out.shape[0]} bytes, {n} frames need {n * stride}")
+    if itemsize > 1:
+        if scratch.shape[0] < chunk_bytes:
+            raise ValueError(f"scratch holds {scratch.shape[0]} bytes, a chunk needs {chunk_bytes}")
+        tmp = &scratch[0]
+    sp = &src[0]
+    op = &out[0]
+    with nogil:
+        for i in range(n):
+            s = sp + i * chunk_bytes
+            if tmp != NULL:
+                _shuffle_bytes(s, tmp, chunk_bytes, itemsize, False)
+                s = tmp
+            sizes[i] = _frame(s, chunk_bytes, op + i * stride, stride, fn)

@@ -27,7 +27,9 @@ KERNEL_MODULES: dict[str, str] = {
     "hist_binned": "_histogram_nb",
     "minmax_finite": "_histogram_nb",
     "gather_chunk": "_chunks",
+    "gather_row": "_chunks",
     "lz4_frame": "_chunks",
+    "lz4_frames": "_chunks",
     "shuffle": "_chunks",
     "unshuffle": "_chunks",
 }

@@ -590,6 +590,30 @@ class Codec:
             raise ValueError(f"{self.encoder} cannot encode {data.shape[0]} bytes into a buffer")
         return int(_dispatch.kernel("lz4_frame")(data, out, lz4_compress_address()))
 
+    def encode_chunks_into(self, data: np.ndarray, chunk_bytes: int, out: np.ndarray, stride: int,
+                           sizes: np.ndarray, *, scratch: np.ndarray) -> None:
+        """Shuffle (if needed) and compress ``len(sizes)`` consecutive chunks in one kernel call.
+
+        Parameters
+        ----------
+        data : ndarray of uint8
+            1-D bytes of the padded chunks, back to back.
+        chunk_bytes : int
+            Bytes per chunk.
+        out : ndarray of uint8
+            Chunk ``i`` is encoded at ``out[i * stride]``; needs ``len(sizes) * stride`` bytes.
+        stride : int
+            At least :meth:`frame_bound` of `chunk_bytes`.
+        sizes : ndarray of int64
+            Receives each encoded length; chunk ``i`` equals :meth:`compress` of its bytes.
+        scratch : ndarray of uint8
+            ``chunk_bytes`` of room for a shuffled chunk.
+        """
+        if self.frame_bound(chunk_bytes) is None:
+            raise ValueError(f"{self.encoder} cannot encode {chunk_bytes}-byte chunks into a buffer")
+        _dispatch.kernel("lz4_frames")(data, chunk_bytes, self.itemsize if self.shuffles else 1, scratch,
+                                       lz4_compress_address(), out, stride, sizes)
+
     def decode(self, data: Any, shape: Sequence[int], dtype: npt.DTypeLike) -> np.ndarray:
         """Decode one stored chunk (inverse of :meth:`encode`).
 

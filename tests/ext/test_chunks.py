@@ -239,3 +239,110 @@ def test_lz4_frame_errors():
             fn(np.zeros(0, np.uint8), np.zeros(64, np.uint8), 1)
         with pytest.raises(ValueError, match="address"):
             fn(np.zeros(10, np.uint8), np.zeros(64, np.uint8), 0)
+
+
+# -- gather_row: a row of chunks from a slab held in parts ------------------------------------
+
+
+@SETTINGS
+@given(
+    yx=st.tuples(st.integers(1, 9), st.integers(1, 9)),
+    chunk=st.tuples(st.integers(1, 6), st.integers(1, 5), st.integers(1, 5)),
+    g=st.integers(1, 4),
+    depth_cut=st.integers(0, 6),
+    holes=st.lists(st.booleans(), min_size=6, max_size=6),
+    short=st.integers(0, 3),
+    iy=st.integers(0, 3),
+    dtype=st.sampled_from(GATHER_DTYPES),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_gather_row_matches_twin_and_slab(yx, chunk, g, depth_cut, holes, short, iy, dtype, seed):
+    """Chunks of a row equal the zero-padded slab they cover, whatever the parts look like."""
+    rng = np.random.default_rng(seed)
+    cz, cy, cx = chunk
+    ny, nx = yx
+    nparts = -(-cz // g)
+    depth = max(cz - depth_cut, 0)
+    itemsize = np.dtype(dtype).itemsize
+    slab = np.zeros((nparts * g, ny, nx), dtype)  # the planes the parts hold, as one array
+    parts = []
+    for k in range(nparts):
+        if holes[k % len(holes)]:
+            parts.append(None)
+            continue
+        planes = max(g - (short if k == nparts - 1 else 0), 1)  # a part may hold fewer planes
+        part = random_array(rng, (planes, ny, nx), dtype)
+        slab[k * g : k * g + planes] = part
+        parts.append(part.view(np.uint8))
+    slab[depth:] = 0  # planes beyond the valid depth read as zeros
+    y0 = iy * cy
+    n = -(-nx // cx)
+    expect = np.stack([naive_gather(slab[:cz], (0, y0, ix * cx), (cz, cy, cx)) for ix in range(n)])
+    for fn in (ext.gather_row, ref.gather_row):
+        out = np.full((n, cz, cy, cx * itemsize), 0xAB, np.uint8)  # garbage: all must be written
+        fn(parts, g, depth, y0, out)
+        np.testing.assert_array_equal(out.view(dtype).reshape(n, cz, cy, cx), expect)
+
+
+def test_gather_row_errors():
+    part = np.zeros((2, 4, 8), np.uint8)
+    out = np.zeros((1, 2, 4, 8), np.uint8)
+    for fn in (ext.gather_row, ref.gather_row):
+        with pytest.raises(ValueError, match="g must be"):
+            fn([part], 0, 2, 0, out)
+        with pytest.raises(ValueError, match="part 1"):
+            fn([part, np.zeros((2, 4, 6), np.uint8)], 1, 2, 0, out)
+        with pytest.raises((TypeError, ValueError)):
+            fn([part], 2, 2, 0, np.zeros((2, 4, 8), np.uint8))  # out not 4-D
+        with pytest.raises((TypeError, ValueError)):
+            fn([np.zeros((2, 4, 4), np.uint16)], 2, 2, 0, out)  # parts must be bytes
+
+
+# -- lz4_frames: a row of chunks, shuffled and framed in one call ------------------------------
+
+
+@pytest.mark.parametrize("itemsize", [1, 2, 4])
+def test_lz4_frames_match_one_frame_per_chunk(itemsize):
+    from fastims.compression import decode_lz4, lz4_compress_address
+    from fastims.synthetic import camera_stack
+
+    address = lz4_compress_address()
+    if address == 0:
+        pytest.skip("no liblz4 LZ4_compress_default found")
+    chunk_bytes = 4 * 32 * 32 * 2
+    stack = camera_stack((20, 32, 32), "uint16", seed=3).view(np.uint8).reshape(-1)
+    src = np.concatenate([stack, np.random.default_rng(2).integers(0, 256, chunk_bytes, dtype=np.uint8)])
+    n = src.shape[0] // chunk_bytes  # 5 camera chunks and a random one (stored verbatim)
+    stride = 16 + chunk_bytes + chunk_bytes // 255 + 16 + 3
+    expect = []
+    for i in range(n):
+        data = src[i * chunk_bytes : (i + 1) * chunk_bytes]
+        if itemsize > 1:
+            data = np.frombuffer(naive_shuffle(data.tobytes(), itemsize), np.uint8)
+        out = np.zeros(stride, np.uint8)
+        data = np.ascontiguousarray(data)
+        expect.append(out[: ext.lz4_frame(data, out, address)].tobytes())
+    for fn in (ext.lz4_frames, ref.lz4_frames):
+        out = np.full(n * stride, 0xAB, np.uint8)
+        sizes = np.zeros(n, np.int64)
+        fn(src, chunk_bytes, itemsize, np.empty(chunk_bytes, np.uint8), address, out, stride, sizes)
+        frames = [out[i * stride : i * stride + sizes[i]].tobytes() for i in range(n)]
+        assert frames == expect
+        assert len(decode_lz4(frames[0])) == chunk_bytes
+    assert expect[-1][16:] == data.tobytes()  # the random chunk, incompressible: verbatim
+
+
+def test_lz4_frames_errors():
+    src = np.zeros(64, np.uint8)
+    sizes = np.zeros(2, np.int64)
+    for fn in (ext.lz4_frames, ref.lz4_frames):
+        with pytest.raises(ValueError, match="may need"):
+            fn(src, 32, 1, src, 1, np.zeros(200, np.uint8), 40, sizes)
+        with pytest.raises(ValueError, match="frames need"):
+            fn(src, 32, 1, src, 1, np.zeros(100, np.uint8), 64, sizes)
+        with pytest.raises(ValueError, match="chunks need"):
+            fn(src[:40], 32, 1, src, 1, np.zeros(200, np.uint8), 64, sizes)
+        with pytest.raises(ValueError, match="scratch"):
+            fn(src, 32, 2, src[:8], 1, np.zeros(200, np.uint8), 64, sizes)
+        with pytest.raises(ValueError, match="address"):
+            fn(src, 32, 1, src, 0, np.zeros(200, np.uint8), 64, sizes)

@@ -277,9 +277,9 @@ def test_worker_error_reraised(tmp_path, monkeypatch, compression):
     def boom(*args, **kwargs):
         raise RuntimeError("encoder exploded")
 
-    # gzip chunks go through compress(), LZ4 ones through encode_into() when liblz4 is found
+    # gzip chunks go through compress(), LZ4 rows through encode_chunks_into() when liblz4 is found
     monkeypatch.setattr(type(w.codec), "compress", boom)
-    monkeypatch.setattr(type(w.codec), "encode_into", boom)
+    monkeypatch.setattr(type(w.codec), "encode_chunks_into", boom)
     with pytest.raises(RuntimeError, match="encoder exploded"):
         for z in range(64):
             w.write_plane(np.zeros((32, 32), np.uint16), z=z)

@@ -3,7 +3,7 @@
 They are the test oracle and the fallback when ``FASTIMS_KERNELS=reference``.
 """
 
-from fastims._reference.chunks import gather_chunk, lz4_frame, shuffle, unshuffle
+from fastims._reference.chunks import gather_chunk, gather_row, lz4_frame, lz4_frames, shuffle, unshuffle
 from fastims._reference.downsample import downsample_bdv, downsample_imaris
 from fastims._reference.histogram import hist_binned, hist_u8, hist_u16, minmax_finite
 
@@ -11,10 +11,12 @@ __all__ = [
     "downsample_bdv",
     "downsample_imaris",
     "gather_chunk",
+    "gather_row",
     "hist_binned",
     "hist_u8",
     "hist_u16",
     "lz4_frame",
+    "lz4_frames",
     "minmax_finite",
     "shuffle",
     "unshuffle",

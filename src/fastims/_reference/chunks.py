@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["gather_chunk", "lz4_frame", "shuffle", "unshuffle"]
+__all__ = ["gather_chunk", "gather_row", "lz4_frame", "lz4_frames", "shuffle", "unshuffle"]
 
 # dtypes the compiled gather_chunk is specialised for (it only moves bytes; other dtypes of
 # these widths are passed as a view of the unsigned type)
@@ -57,6 +57,49 @@ def gather_chunk(src: np.ndarray, z0: int, y0: int, x0: int, out: np.ndarray) ->
         slice(a - o, b - o) for (a, b), o in zip(ranges, (z0, y0, x0), strict=True)
     )
     out[out_sl] = src[src_sl]
+
+
+def gather_row(parts: list, g: int, depth: int, y0: int, out: np.ndarray) -> None:
+    """Cut a row of chunks out of a slab held in parts of `g` planes, zero-padded.
+
+    Parameters
+    ----------
+    parts : list of (ndarray of uint8, shape (g', Y, Xb), C-contiguous, or None)
+        Part ``k`` holds slab planes ``k * g`` onwards; None, or planes beyond `depth` or
+        beyond the part's own length, read as zeros.
+    g : int
+        Planes per part (>= 1).
+    depth : int
+        Valid planes of the slab.
+    y0 : int
+        First row of the chunk row.
+    out : ndarray of uint8, shape (n, cz, cy, cxb), C-contiguous
+        Receives chunk ``ix`` = slab bytes ``[0:cz, y0:y0+cy, ix*cxb:(ix+1)*cxb]``.
+    """
+    if g < 1:
+        raise ValueError(f"g must be >= 1, got {g}")
+    if out.ndim != 4 or out.dtype != np.uint8 or not out.flags.c_contiguous:
+        raise ValueError("out must be a C-contiguous 4-D uint8 array")
+    n, cz, cy, cxb = out.shape
+    shape = None
+    for k, part in enumerate(parts):
+        valid = min(g, depth - k * g)
+        if part is None or valid <= 0 or 0 in part.shape:
+            continue
+        if part.ndim != 3 or part.dtype != np.uint8 or not part.flags.c_contiguous:
+            raise ValueError("parts must be C-contiguous 3-D uint8 arrays")
+        if shape is None:
+            shape = part.shape[1:]
+        elif part.shape[1:] != shape:
+            raise ValueError(f"part {k} is {part.shape[1]} x {part.shape[2]}, part 0 {shape[0]} x {shape[1]}")
+    out[...] = 0
+    for k, part in enumerate(parts):
+        valid = min(g, depth - k * g, cz - k * g)
+        if part is None or valid <= 0 or 0 in part.shape:
+            continue
+        planes = part[: min(valid, part.shape[0])]
+        for ix in range(n):
+            gather_chunk(planes, 0, y0, ix * cxb, out[ix, k * g : k * g + planes.shape[0]])
 
 
 def _check_shuffle_args(src: np.ndarray, itemsize: int, out: np.ndarray) -> None:
@@ -128,3 +171,31 @@ def lz4_frame(src: np.ndarray, out: np.ndarray, compress: int) -> int:
     out[:16] = np.frombuffer(header, np.uint8)
     out[16 : 16 + len(block)] = block
     return 16 + len(block)
+
+
+def lz4_frames(src: np.ndarray, chunk_bytes: int, itemsize: int, scratch: np.ndarray, compress: int,
+               out: np.ndarray, stride: int, sizes: np.ndarray) -> None:
+    """HDF5-LZ4 frames of ``len(sizes)`` consecutive chunks of `src` at ``out[i * stride]``.
+
+    Each chunk is byte-shuffled with `itemsize` first when ``itemsize > 1`` (through
+    `scratch`); ``sizes[i]`` receives the length of frame ``i``.
+    """
+    n = sizes.shape[0]
+    if n == 0:
+        return
+    if not 1 <= chunk_bytes <= 0x7E000000:
+        raise ValueError(f"LZ4 frames hold 1..{0x7E000000} bytes in one block, got {chunk_bytes}")
+    if stride < 16 + chunk_bytes + chunk_bytes // 255 + 16:
+        raise ValueError(f"out holds {stride} bytes, the frame may need {16 + chunk_bytes + chunk_bytes // 255 + 16}")
+    if src.shape[0] < n * chunk_bytes:
+        raise ValueError(f"src holds {src.shape[0]} bytes, {n} chunks need {n * chunk_bytes}")
+    if out.shape[0] < n * stride:
+        raise ValueError(f"out holds {out.shape[0]} bytes, {n} frames need {n * stride}")
+    if itemsize > 1 and scratch.shape[0] < chunk_bytes:
+        raise ValueError(f"scratch holds {scratch.shape[0]} bytes, a chunk needs {chunk_bytes}")
+    for i in range(n):
+        data = src[i * chunk_bytes : (i + 1) * chunk_bytes]
+        if itemsize > 1:
+            shuffle(data, itemsize, scratch[:chunk_bytes])
+            data = scratch[:chunk_bytes]
+        sizes[i] = lz4_frame(data, out[i * stride : (i + 1) * stride], compress)
