@@ -111,12 +111,15 @@ class BufferPool:
     def __init__(self, retain_bytes: int) -> None:
         self.retain_bytes = int(retain_bytes)
         self._lock = threading.Lock()
-        # nbytes -> flat uint8 owners, _ALIGN bytes longer: buffers start on a page boundary,
-        # as direct I/O (RawTarget.direct_fd) requires
+        # nbytes -> idle page-aligned windows of uint8 owners _ALIGN bytes longer (direct
+        # I/O, RawTarget.direct_fd, needs buffers on a page boundary)
         self._free: dict[int, list[np.ndarray]] = {}
         self._bytes = 0  # idle
         self._out = 0  # handed out, not given back yet
         self.misses = 0  # buffers allocated (fresh pages), for benchmarks and tests
+        # id(owner) -> offset of its page-aligned window (a plain int: a buffer never given
+        # back is freed as usual; a new owner with a recycled id overwrites the entry)
+        self._starts: dict[int, int] = {}
 
     @property
     def idle_bytes(self) -> int:
@@ -131,23 +134,26 @@ class BufferPool:
         of its size: lending it would make the footprint grow with the mix of sizes).
         """
         dtype = np.dtype(dtype)
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        owner = None
+        nbytes = math.prod(shape) * dtype.itemsize
+        window = None
         with self._lock:
             free = self._free.get(nbytes)
             if not free:
                 larger = [size for size, bufs in self._free.items() if nbytes < size <= nbytes + (nbytes >> 3) and bufs]
                 free = self._free[min(larger)] if larger else None
             if free:
-                owner = free.pop()
-                self._bytes -= owner.nbytes - _ALIGN
+                window = free.pop()
+                self._bytes -= window.nbytes
             else:
                 self.misses += 1
                 self._evict(self._bytes + self._out + nbytes - self.retain_bytes)
-            self._out += nbytes if owner is None else owner.nbytes - _ALIGN
-        if owner is None:
+            self._out += nbytes if window is None else window.nbytes
+        if window is None:
             owner = np.empty(nbytes + _ALIGN, dtype=np.uint8)
-        return _aligned_window(owner, nbytes).view(dtype).reshape(shape)
+            window = _aligned_window(owner, nbytes)
+            with self._lock:
+                self._starts[id(owner)] = window.ctypes.data - owner.ctypes.data
+        return window[:nbytes].view(dtype).reshape(shape)
 
     def give(self, buf: np.ndarray) -> None:
         """Return a buffer from :meth:`take`; it is kept if the footprint stays within `retain_bytes`."""
@@ -156,15 +162,18 @@ class BufferPool:
         with self._lock:
             self._out -= size
             if self._bytes + self._out + size <= self.retain_bytes:
-                self._free.setdefault(size, []).append(owner)
+                start = self._starts[id(owner)]
+                self._free.setdefault(size, []).append(owner[start : start + size])
                 self._bytes += size
+            else:
+                self._starts.pop(id(owner), None)
 
     def _evict(self, excess: int) -> None:
         """Free idle buffers, smallest sizes first, until `excess` bytes are gone (lock held)."""
         for size in sorted(self._free):
             bufs = self._free[size]
             while bufs and excess > 0:
-                bufs.pop()
+                self._starts.pop(id(bufs.pop().base), None)
                 self._bytes -= size
                 excess -= size
             if excess <= 0:
@@ -172,6 +181,9 @@ class BufferPool:
 
     def clear(self) -> None:
         with self._lock:
+            for bufs in self._free.values():
+                for window in bufs:
+                    self._starts.pop(id(window.base), None)
             self._free.clear()
             self._bytes = 0
 
@@ -431,7 +443,11 @@ class Engine:
         self._streams: list[Stream] = []
         self._pool = ThreadPoolExecutor(self.max_workers, thread_name_prefix="fastims-worker")
         self._queue: queue.Queue = queue.Queue()
-        self._cv = threading.Condition()
+        # one lock, two conditions: payloads leaving the I/O queue wake only the workers
+        # waiting for it (_io_cv), not the caller waiting for the memory budget (_cv)
+        lock = threading.Lock()
+        self._cv = threading.Condition(lock)
+        self._io_cv = threading.Condition(lock)
         self._pending = 0  # tasks and writer items not finished yet
         self._mem = 0  # bytes held by slabs in use
         self._io_bytes = 0  # bytes of chunks and rows waiting for the writer thread
@@ -484,6 +500,7 @@ class Engine:
                 if log:
                     logger.error("fastims background task failed: %r", exc)
             self._cv.notify_all()
+            self._io_cv.notify_all()
 
     @property
     def aborted(self) -> bool:
@@ -592,7 +609,10 @@ class Engine:
     def _done_one(self) -> None:
         with self._cv:
             self._pending -= 1
-            self._cv.notify_all()
+            # waiters only care about this count once it reaches zero (memory freed by a
+            # task wakes them through _release)
+            if not self._pending:
+                self._cv.notify_all()
 
     # -- buffers -----------------------------------------------------------------------------
 
@@ -737,6 +757,7 @@ class Engine:
                 self.memory_limit = slabs + (64 << 20)
             retain = self.memory_limit + _POOL_HEADROOM
             _POOL.retain_bytes = max(_POOL.retain_bytes, min(retain, _ram_bytes() // 4))
+            self._cv.notify_all()  # a larger budget or a smaller reserve may let a caller go on
 
     def write(self, stream: Stream, z0: int, block: np.ndarray) -> None:
         """Copy planes ``block[i]`` to plane ``z0 + i`` of level 0; complete slabs start their tasks.
@@ -983,15 +1004,15 @@ class Engine:
         while a deep slab (256 MiB) and its encoded chunks coexist for a moment; and the
         bound keeps what waits for the disk independent of the slab size.
         """
-        with self._cv:
+        with self._io_cv:
             while self._io_bytes and self._io_bytes + nbytes > self.IO_BYTES and self._error is None:
-                self._cv.wait()
+                self._io_cv.wait()
             self._io_bytes += nbytes
 
     def _io_done(self, nbytes: int) -> None:
-        with self._cv:
+        with self._io_cv:
             self._io_bytes -= nbytes
-            self._cv.notify_all()
+            self._io_cv.notify_all()
 
     def _take_io(self, shape: tuple, dtype: np.dtype) -> np.ndarray:
         """A pooled buffer for a payload of the writer thread (see :meth:`_reserve_io`)."""
