@@ -125,11 +125,12 @@ def gather_chunk(
         _gather_bytes(sp, sz, sy, sx, z0, y0, x0, op, cz, cy, cx, itemsize)
 
 
-def gather_row(list parts, Py_ssize_t g, Py_ssize_t depth, Py_ssize_t y0, uint8_t[:, :, :, ::1] out) -> None:
-    """Cut a whole row of chunks out of a slab held in parts of `g` planes, zero-padded.
+def gather_row(list parts, Py_ssize_t g, Py_ssize_t depth, Py_ssize_t y0, Py_ssize_t x0,
+               uint8_t[:, :, :, ::1] out) -> None:
+    """Cut consecutive chunks of a row out of a slab held in parts of `g` planes, zero-padded.
 
-    One call per chunk row instead of one per (chunk, part): the engine's slabs are lists
-    of parts, and the Python overhead of a call per piece cost more than the copy.
+    One call per run of chunks instead of one per (chunk, part): the engine's slabs are
+    lists of parts, and the Python overhead of a call per piece cost more than the copy.
 
     Parameters
     ----------
@@ -142,10 +143,12 @@ def gather_row(list parts, Py_ssize_t g, Py_ssize_t depth, Py_ssize_t y0, uint8_
     depth : int
         Valid planes of the slab (the last slab of a stack may be shallower).
     y0 : int
-        First row of the chunk row, in slab coordinates.
+        First row of the chunks, in slab coordinates.
+    x0 : int
+        First byte of the first chunk within a slab row (X times the item size).
     out : ndarray of uint8, shape (n, cz, cy, cxb), C-contiguous
-        Receives chunk ``ix`` = slab bytes ``[0:cz, y0:y0+cy, ix*cxb:(ix+1)*cxb]``, zero-padded
-        beyond the slab.
+        Receives chunk ``i`` = slab bytes ``[0:cz, y0:y0+cy, x0+i*cxb:x0+(i+1)*cxb]``,
+        zero-padded beyond the slab.
     """
     cdef Py_ssize_t n = out.shape[0], cz = out.shape[1], cy = out.shape[2], cxb = out.shape[3]
     cdef Py_ssize_t nparts = len(parts)
@@ -192,7 +195,7 @@ def gather_row(list parts, Py_ssize_t g, Py_ssize_t depth, Py_ssize_t y0, uint8_
                     if k >= nparts or ptrs[k] == NULL:
                         memset(op + ix * chunk + k * g * cy * cxb, 0, kz * cy * cxb)
                     else:
-                        _gather_bytes(ptrs[k], depths[k], sy, sx, 0, y0, ix * cxb,
+                        _gather_bytes(ptrs[k], depths[k], sy, sx, 0, y0, x0 + ix * cxb,
                                       op + ix * chunk + k * g * cy * cxb, kz, cy, cxb, 1)
     finally:
         free(ptrs)

@@ -647,14 +647,17 @@ class Engine:
                 self._lower -= buf.nbytes
             self._cv.notify_all()
 
-    def _scratch(self, name: str, shape: tuple, dtype: Any) -> np.ndarray:
-        """A per-thread reusable buffer (one per worker thread, never shared)."""
+    def _scratch(self, name: str, nbytes: int) -> np.ndarray:
+        """The first `nbytes` of a per-thread reusable uint8 buffer (per worker thread, never shared).
+
+        One buffer per name, replaced only by a larger one: the levels' different chunk
+        shapes share it, so a thread's scratch does not grow with the number of levels.
+        """
         store = self._local.__dict__.setdefault("scratch", {})
-        key = (name, shape, np.dtype(dtype).str)
-        buf = store.get(key)
-        if buf is None:
-            buf = store[key] = np.empty(shape, dtype=dtype)
-        return buf
+        buf = store.get(name)
+        if buf is None or buf.shape[0] < nbytes:
+            buf = store[name] = np.empty(nbytes, dtype=np.uint8)
+        return buf[:nbytes]
 
     # -- tasks -------------------------------------------------------------------------------
 
@@ -871,8 +874,8 @@ class Engine:
     def _task_chunks(self, stream: Stream, li: int, slab: _Slab, iy: int) -> None:
         """Encode the chunk row `iy` of a complete slab and queue it for the writer thread.
 
-        One kernel call gathers the whole row; LZ4 rows are shuffled and framed by one more
-        (GIL released), so the Python work per row does not grow with its chunks.
+        One kernel call gathers a run of chunks (the whole row when uncompressed); LZ4 runs are
+        shuffled and framed by one more (GIL released), so the Python work per chunk is small.
         """
         try:
             if self._error is not None:
@@ -890,50 +893,65 @@ class Engine:
             if raw is not None:
                 self._write_raw_row(raw, slab, shape, iy * cy, cx)
                 return
-            offsets = [(slab.z0, iy * cy, ix * cx) for ix in range(n)]
             if codec.compression is None:
                 # the chunks themselves are the payloads: the row lives until they are stored
                 row = self._gathered_io(slab, shape, iy * cy)
+                offsets = [(slab.z0, iy * cy, ix * cx) for ix in range(n)]
                 self._put(("chunks", dataset, offsets, list(row), row.nbytes, row))
                 return
-            row = self._scratch("row", shape, np.uint8)
-            _dispatch.kernel("gather_row")(slab.byte_parts, slab.g, slab.depth, iy * cy, row)
-            flat = row.reshape(-1)
-            scratch = self._scratch("shuffled", (chunk_bytes,), np.uint8)
-            bound = codec.frame_bound(chunk_bytes)
-            if bound is not None:
-                # encoded straight into a pooled buffer the writer thread hands back
-                out = self._take_io((n * bound,), np.uint8)
-                try:
-                    sizes = np.empty(n, np.int64)
-                    codec.encode_chunks_into(flat, chunk_bytes, out, bound, sizes, scratch=scratch)
-                except BaseException:
-                    self._give_io(out)
-                    raise
-                payloads = [out[ix * bound : ix * bound + size] for ix, size in enumerate(sizes.tolist())]
-                self._put(("chunks", dataset, offsets, payloads, int(sizes.sum()), out))
-                return
-            shuffle = _dispatch.kernel("shuffle") if codec.shuffles else None
-            payloads = []
-            for ix in range(n):
+            # compressed: runs of chunks through per-thread scratch of a fixed size, so the
+            # scratch does not grow with the layout's rows (memory stays flat in Z)
+            k = max(1, min(n, self.GROUP_BYTES // chunk_bytes))
+            group = self._scratch("group", k * chunk_bytes).reshape(k, cz, cy, cx * itemsize)
+            shuffled = self._scratch("shuffled", chunk_bytes)
+            gather = _dispatch.kernel("gather_row")
+            for i0 in range(0, n, k):
                 if self._error is not None:
                     return
-                data = flat[ix * chunk_bytes : (ix + 1) * chunk_bytes]
-                if shuffle is not None:
-                    shuffle(data, itemsize, scratch)
-                    data = scratch
-                payloads.append(codec.compress(data))
-            nbytes = sum(len(p) for p in payloads)
-            self._reserve_io(nbytes)  # new bytes objects, counted here
-            self._put(("chunks", dataset, offsets, payloads, nbytes, None))
+                m = min(k, n - i0)
+                gather(slab.byte_parts, slab.g, slab.depth, iy * cy, i0 * cx * itemsize, group[:m])
+                offsets = [(slab.z0, iy * cy, ix * cx) for ix in range(i0, i0 + m)]
+                self._encode_group(dataset, offsets, group[:m].reshape(-1), chunk_bytes, codec, shuffled)
         finally:
             self._unref(stream, li, slab)
+
+    #: bytes of chunks gathered and encoded by one step of a compressed chunk row
+    GROUP_BYTES = 4 << 20
+
+    def _encode_group(self, dataset: Any, offsets: list[tuple], data: np.ndarray, chunk_bytes: int, codec: Codec,
+                      scratch: np.ndarray) -> None:
+        """Compress consecutive gathered chunks (`data`, bytes) and queue them for the writer thread."""
+        m = len(offsets)
+        bound = codec.frame_bound(chunk_bytes)
+        if bound is not None:
+            # encoded straight into a pooled buffer the writer thread hands back
+            out = self._take_io((m * bound,), np.uint8)
+            try:
+                sizes = np.empty(m, np.int64)
+                codec.encode_chunks_into(data, chunk_bytes, out, bound, sizes, scratch=scratch)
+            except BaseException:
+                self._give_io(out)
+                raise
+            payloads = [out[i * bound : i * bound + size] for i, size in enumerate(sizes.tolist())]
+            self._put(("chunks", dataset, offsets, payloads, int(sizes.sum()), out))
+            return
+        shuffle = _dispatch.kernel("shuffle") if codec.shuffles else None
+        payloads = []
+        for i in range(m):
+            chunk = data[i * chunk_bytes : (i + 1) * chunk_bytes]
+            if shuffle is not None:
+                shuffle(chunk, codec.itemsize, scratch)
+                chunk = scratch
+            payloads.append(codec.compress(chunk))
+        nbytes = sum(len(p) for p in payloads)
+        self._reserve_io(nbytes)  # new bytes objects, counted here
+        self._put(("chunks", dataset, offsets, payloads, nbytes, None))
 
     def _gathered_io(self, slab: _Slab, shape: tuple, y0: int) -> np.ndarray:
         """A pooled I/O buffer of `shape` holding the slab's chunk row at `y0` (see _take_io)."""
         row = self._take_io(shape, np.uint8)
         try:
-            _dispatch.kernel("gather_row")(slab.byte_parts, slab.g, slab.depth, y0, row)
+            _dispatch.kernel("gather_row")(slab.byte_parts, slab.g, slab.depth, y0, 0, row)
         except BaseException:
             self._give_io(row)
             raise

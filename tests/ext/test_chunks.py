@@ -253,10 +253,11 @@ def test_lz4_frame_errors():
     holes=st.lists(st.booleans(), min_size=6, max_size=6),
     short=st.integers(0, 3),
     iy=st.integers(0, 3),
+    ix0=st.integers(0, 2),
     dtype=st.sampled_from(GATHER_DTYPES),
     seed=st.integers(0, 2**32 - 1),
 )
-def test_gather_row_matches_twin_and_slab(yx, chunk, g, depth_cut, holes, short, iy, dtype, seed):
+def test_gather_row_matches_twin_and_slab(yx, chunk, g, depth_cut, holes, short, iy, ix0, dtype, seed):
     """Chunks of a row equal the zero-padded slab they cover, whatever the parts look like."""
     rng = np.random.default_rng(seed)
     cz, cy, cx = chunk
@@ -276,11 +277,11 @@ def test_gather_row_matches_twin_and_slab(yx, chunk, g, depth_cut, holes, short,
         parts.append(part.view(np.uint8))
     slab[depth:] = 0  # planes beyond the valid depth read as zeros
     y0 = iy * cy
-    n = -(-nx // cx)
-    expect = np.stack([naive_gather(slab[:cz], (0, y0, ix * cx), (cz, cy, cx)) for ix in range(n)])
+    n = max(-(-nx // cx) - ix0, 1)  # the chunks from ix0 on (or one chunk wholly beyond X)
+    expect = np.stack([naive_gather(slab[:cz], (0, y0, (ix0 + i) * cx), (cz, cy, cx)) for i in range(n)])
     for fn in (ext.gather_row, ref.gather_row):
         out = np.full((n, cz, cy, cx * itemsize), 0xAB, np.uint8)  # garbage: all must be written
-        fn(parts, g, depth, y0, out)
+        fn(parts, g, depth, y0, ix0 * cx * itemsize, out)
         np.testing.assert_array_equal(out.view(dtype).reshape(n, cz, cy, cx), expect)
 
 
@@ -289,13 +290,13 @@ def test_gather_row_errors():
     out = np.zeros((1, 2, 4, 8), np.uint8)
     for fn in (ext.gather_row, ref.gather_row):
         with pytest.raises(ValueError, match="g must be"):
-            fn([part], 0, 2, 0, out)
+            fn([part], 0, 2, 0, 0, out)
         with pytest.raises(ValueError, match="part 1"):
-            fn([part, np.zeros((2, 4, 6), np.uint8)], 1, 2, 0, out)
+            fn([part, np.zeros((2, 4, 6), np.uint8)], 1, 2, 0, 0, out)
         with pytest.raises((TypeError, ValueError)):
-            fn([part], 2, 2, 0, np.zeros((2, 4, 8), np.uint8))  # out not 4-D
+            fn([part], 2, 2, 0, 0, np.zeros((2, 4, 8), np.uint8))  # out not 4-D
         with pytest.raises((TypeError, ValueError)):
-            fn([np.zeros((2, 4, 4), np.uint16)], 2, 2, 0, out)  # parts must be bytes
+            fn([np.zeros((2, 4, 4), np.uint16)], 2, 2, 0, 0, out)  # parts must be bytes
 
 
 # -- lz4_frames: a row of chunks, shuffled and framed in one call ------------------------------

@@ -59,8 +59,8 @@ def gather_chunk(src: np.ndarray, z0: int, y0: int, x0: int, out: np.ndarray) ->
     out[out_sl] = src[src_sl]
 
 
-def gather_row(parts: list, g: int, depth: int, y0: int, out: np.ndarray) -> None:
-    """Cut a row of chunks out of a slab held in parts of `g` planes, zero-padded.
+def gather_row(parts: list, g: int, depth: int, y0: int, x0: int, out: np.ndarray) -> None:
+    """Cut consecutive chunks of a row out of a slab held in parts of `g` planes, zero-padded.
 
     Parameters
     ----------
@@ -72,9 +72,11 @@ def gather_row(parts: list, g: int, depth: int, y0: int, out: np.ndarray) -> Non
     depth : int
         Valid planes of the slab.
     y0 : int
-        First row of the chunk row.
+        First row of the chunks.
+    x0 : int
+        First byte of the first chunk within a slab row.
     out : ndarray of uint8, shape (n, cz, cy, cxb), C-contiguous
-        Receives chunk ``ix`` = slab bytes ``[0:cz, y0:y0+cy, ix*cxb:(ix+1)*cxb]``.
+        Receives chunk ``i`` = slab bytes ``[0:cz, y0:y0+cy, x0+i*cxb:x0+(i+1)*cxb]``.
     """
     if g < 1:
         raise ValueError(f"g must be >= 1, got {g}")
@@ -99,7 +101,7 @@ def gather_row(parts: list, g: int, depth: int, y0: int, out: np.ndarray) -> Non
             continue
         planes = part[: min(valid, part.shape[0])]
         for ix in range(n):
-            gather_chunk(planes, 0, y0, ix * cxb, out[ix, k * g : k * g + planes.shape[0]])
+            gather_chunk(planes, 0, y0, x0 + ix * cxb, out[ix, k * g : k * g + planes.shape[0]])
 
 
 def _check_shuffle_args(src: np.ndarray, itemsize: int, out: np.ndarray) -> None:
