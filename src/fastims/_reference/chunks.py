@@ -148,6 +148,15 @@ def _transpose_bytes(src: np.ndarray, itemsize: int, out: np.ndarray, *, reverse
     out[body:nbytes] = src[body:]
 
 
+def _check_frame_args(n: int, cap: int, compress: int) -> None:
+    if n < 1 or n > 0x7E000000:
+        raise ValueError(f"LZ4 frames hold 1..{0x7E000000} bytes in one block, got {n}")
+    if cap < 16 + n + n // 255 + 16:
+        raise ValueError(f"out holds {cap} bytes, the frame may need {16 + n + n // 255 + 16}")
+    if compress == 0:
+        raise ValueError("no LZ4 compressor address")
+
+
 def lz4_frame(src: np.ndarray, out: np.ndarray, compress: int) -> int:
     """Write the one-block HDF5-LZ4 frame of `src` into `out`; return its length.
 
@@ -158,12 +167,7 @@ def lz4_frame(src: np.ndarray, out: np.ndarray, compress: int) -> int:
     import ctypes
 
     n = src.shape[0]
-    if n < 1 or n > 0x7E000000:
-        raise ValueError(f"LZ4 frames hold 1..{0x7E000000} bytes in one block, got {n}")
-    if out.shape[0] < 16 + n + n // 255 + 16:
-        raise ValueError(f"out holds {out.shape[0]} bytes, the frame may need {16 + n + n // 255 + 16}")
-    if compress == 0:
-        raise ValueError("no LZ4 compressor address")
+    _check_frame_args(n, out.shape[0], compress)
     fn = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int)(compress)
     data = np.ascontiguousarray(src, dtype=np.uint8)
     tmp = np.empty(out.shape[0] - 16, np.uint8)
@@ -185,10 +189,7 @@ def lz4_frames(src: np.ndarray, chunk_bytes: int, itemsize: int, scratch: np.nda
     n = sizes.shape[0]
     if n == 0:
         return
-    if not 1 <= chunk_bytes <= 0x7E000000:
-        raise ValueError(f"LZ4 frames hold 1..{0x7E000000} bytes in one block, got {chunk_bytes}")
-    if stride < 16 + chunk_bytes + chunk_bytes // 255 + 16:
-        raise ValueError(f"out holds {stride} bytes, the frame may need {16 + chunk_bytes + chunk_bytes // 255 + 16}")
+    _check_frame_args(chunk_bytes, stride, compress)
     if src.shape[0] < n * chunk_bytes:
         raise ValueError(f"src holds {src.shape[0]} bytes, {n} chunks need {n * chunk_bytes}")
     if out.shape[0] < n * stride:
