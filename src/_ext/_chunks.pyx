@@ -3,9 +3,11 @@
 
 ``gather_chunk`` cuts one chunk out of a C-contiguous (Z, Y, X) slab and pads the part of the
 chunk that lies beyond the slab with zeros, as HDF5 edge chunks and Imaris' padded ``Data``
-need. ``shuffle``/``unshuffle`` implement HDF5's byte-shuffle filter (filter id 2,
-``H5Zshuffle.c``) bit for bit, including its handling of trailing bytes. ``lz4_frame`` writes the HDF5-LZ4 frame
-(filter 32004) of a chunk into a caller's buffer through liblz4.
+need; ``gather_row`` does the same for a run of chunks of a slab held in parts (the engine's
+slabs), in one call. ``shuffle``/``unshuffle`` implement HDF5's byte-shuffle filter (filter id
+2, ``H5Zshuffle.c``) bit for bit, including its handling of trailing bytes. ``lz4_frame`` writes
+the HDF5-LZ4 frame (filter 32004) of a chunk into a caller's buffer through liblz4;
+``lz4_frames`` shuffles and frames a run of chunks in one call.
 
 All kernels assume validated, C-contiguous input, release the GIL for the copy and have a
 pure-NumPy twin of the same name and signature in :mod:`fastims._reference.chunks`. The typed
