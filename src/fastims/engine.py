@@ -150,9 +150,10 @@ class BufferPool:
             self._out += nbytes if window is None else window.nbytes
         if window is None:
             owner = np.empty(nbytes + _ALIGN, dtype=np.uint8)
-            window = _aligned_window(owner, nbytes)
+            start = -owner.ctypes.data % _ALIGN  # the first page boundary inside `owner`
+            window = owner[start : start + nbytes]
             with self._lock:
-                self._starts[id(owner)] = window.ctypes.data - owner.ctypes.data
+                self._starts[id(owner)] = start
         return window[:nbytes].view(dtype).reshape(shape)
 
     def give(self, buf: np.ndarray) -> None:
@@ -189,12 +190,6 @@ class BufferPool:
 
 
 _ALIGN = 4096
-
-
-def _aligned_window(owner: np.ndarray, nbytes: int) -> np.ndarray:
-    """The `nbytes` of uint8 array `owner` (``nbytes + 4096`` long) that start on a 4 KiB boundary."""
-    start = -owner.ctypes.data % _ALIGN
-    return owner[start : start + nbytes]
 
 
 #: buffers the pool keeps beyond an engine's budget (child slabs and rows for direct writes
@@ -967,30 +962,20 @@ class Engine:
         while not raw.ready.wait(0.1):  # the writer thread is creating the dataset
             if self._error is not None:
                 return
-        n, cz, cy, cxb = shape
-        chunk_bytes = cz * cy * cxb
-        addresses = [raw.addresses[(slab.z0, y0, ix * cx)] for ix in range(n)]
-        row = self._gathered_io(slab, shape, y0)
-        runs = []  # (first byte, end byte, file offset): one write per run of adjacent chunks
-        start = 0
-        for ix in range(1, n + 1):
-            if ix == n or addresses[ix] != addresses[ix - 1] + chunk_bytes:
-                runs.append((start * chunk_bytes, ix * chunk_bytes, addresses[start]))
-                start = ix
-        self._put(("raw", raw, row, runs))
+        addresses = [raw.addresses[(slab.z0, y0, ix * cx)] for ix in range(shape[0])]
+        self._put(("raw", raw, self._gathered_io(slab, shape, y0), addresses))
 
     def _store_raw(self, batch: list[tuple]) -> None:
         """Writer thread: write gathered rows at their file offsets, then recycle their buffers.
 
-        Runs of the batch that are adjacent in the same file become one vectored write.
+        Chunks of the batch that are adjacent in the same file become one vectored write.
         """
         try:
             if self._error is not None:
                 return
-            pieces = []  # (raw, offset, view)
-            for _, raw, row, runs in batch:
-                flat = row.reshape(-1).view(np.uint8)
-                pieces += [(raw, offset, flat[a:b]) for a, b, offset in runs]
+            pieces = []  # (raw, file offset, chunk bytes)
+            for _, raw, row, addresses in batch:
+                pieces += [(raw, address, chunk) for address, chunk in zip(addresses, row, strict=True)]
             pieces.sort(key=lambda p: (id(p[0]), p[1]))
             group = [pieces[0]]
             size = pieces[0][2].nbytes
