@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from fastims._lifecycle import EngineWriter
+from fastims._staging import close_h5, create_h5, h5_path
 from fastims._validate import check_index, floats, int_shape
 from fastims.compression import Codec, chunk_addresses
 from fastims.engine import ALIGNED_FILE, DatasetRef, Engine, LevelSpec, RawTarget, Stream, open_raw_fds, ranges_text
@@ -204,9 +205,10 @@ class _ViewStreamer(EngineWriter):
 
     def _raw_fd(self, f: Any) -> tuple[int, int]:
         """Descriptors of HDF5 file `f` for in-place chunk writes (writer thread)."""
-        fds = self._fds.get(f.filename)
+        path = h5_path(f)
+        fds = self._fds.get(path)
         if fds is None:
-            fds = self._fds[f.filename] = open_raw_fds(f.filename)
+            fds = self._fds[path] = open_raw_fds(path)
             if f is self._file:
                 self._engine.set_writeback(fds[0])
         return fds
@@ -859,10 +861,8 @@ class BdvWriter(_ViewStreamer):
         index = self._partition_index(time, setup)
         f = self._parts.get(index)
         if f is None:
-            import h5py
-
             self._partition_path(index).unlink(missing_ok=True)
-            f = self._parts[index] = h5py.File(self._partition_path(index), "w", libver=LIBVER, **ALIGNED_FILE)
+            f = self._parts[index] = create_h5(self._partition_path(index), libver=LIBVER, **ALIGNED_FILE)
         return f, self._partition_path(index).name
 
     # -- internals ---------------------------------------------------------------------
@@ -928,11 +928,10 @@ class BdvWriter(_ViewStreamer):
     # -- writer thread -----------------------------------------------------------------
 
     def _open_file(self) -> None:
-        import h5py
-
         # replace rather than truncate: ext4 flushes a truncated-and-rewritten file on close
         self.h5_path.unlink(missing_ok=True)
-        self._file = h5py.File(self.h5_path, "w", libver=LIBVER, **ALIGNED_FILE)
+        # compressed chunks reach the disk with direct I/O through a staging buffer (_staging)
+        self._file = create_h5(self.h5_path, libver=LIBVER, **ALIGNED_FILE)
         self._raw_fd(self._file)  # also carries the writeback hints
 
     def _flush_files(self) -> None:
@@ -952,10 +951,10 @@ class BdvWriter(_ViewStreamer):
     def _close_files(self) -> None:
         self._close_fds()
         for f in self._parts.values():
-            f.close()
+            close_h5(f)
         self._parts.clear()
         if self._file is not None:
-            self._file.close()
+            close_h5(self._file)
 
 
 # ---------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from fastims._lifecycle import EngineWriter
+from fastims._staging import close_h5, create_h5
 from fastims._validate import check_index, floats, int_shape
 from fastims._version import __version__
 from fastims.compression import Codec, chunk_addresses
@@ -310,13 +311,12 @@ class ImsWriter(EngineWriter):
     # -- writer thread: HDF5 only here ---------------------------------------------------
 
     def _open_file(self) -> None:
-        import h5py
-
         # replace rather than truncate: ext4 flushes a truncated-and-rewritten file on close
         # (auto_da_alloc), which would stall close() for as long as the disk takes
         self.path.unlink(missing_ok=True)
         # libver v108 = ImarisWriter's HDF5 1.8 format (superblock v2)
-        self._file = f = h5py.File(self.path, "w", libver=("v108", "v108"), **ALIGNED_FILE)
+        # compressed chunks reach the disk with direct I/O through a staging buffer (_staging)
+        self._file = f = create_h5(self.path, libver=("v108", "v108"), **ALIGNED_FILE)
         # uncompressed chunks are written in place through these descriptors (RawTarget);
         # the buffered one also carries the hints that start writeback while we stream
         self._raw_fd, self._direct_fd = open_raw_fds(self.path)
@@ -339,7 +339,7 @@ class ImsWriter(EngineWriter):
                 os.close(fd)
         self._raw_fd = self._direct_fd = -1
         if self._file is not None:
-            self._file.close()
+            close_h5(self._file)
 
     def _create_datasets(self, t: int, c: int, refs: list[DatasetRef]) -> None:
         try:

@@ -1,0 +1,288 @@
+"""HDF5 files whose compressed chunks reach the disk with direct I/O.
+
+HDF5 writes each chunk given to ``write_direct_chunk`` with its own buffered ``pwrite``:
+the kernel copies it into the page cache, and ext4 later allocates blocks and submits the
+writeback -- CPU on the cores that compress the next chunks (on a 2-core VM, ~30 % of the
+wall time of a shuffle+LZ4 stack), plus fresh page-cache pages, which are slow to fault in
+on VMs that return free memory to their host. :class:`StagingFile` is the file object h5py's
+``fileobj`` driver writes through instead: a run of large writes at increasing, page-aligned
+offsets (HDF5 places chunks of >= 64 KiB on 4 KiB boundaries at the end of the file, see
+:data:`fastims.engine.ALIGNED_FILE`) is gathered in one page-aligned staging buffer and
+written with ``O_DIRECT`` when the buffer fills or the file is flushed, read or closed.
+Every other write goes through the page cache as before.
+
+Correctness rests on three rules. Until the staging buffer is written it is the file's content
+for its window: writes landing in the window go into the buffer, and a write partly
+overlapping it first writes the buffer out. Bytes of the window nobody wrote through this
+object (alignment gaps, the tail of the last page) are read from the file just before the
+direct write, so data other descriptors wrote there (in-place chunk writes, see
+:class:`fastims.engine.RawTarget`) survive. A run starts only beyond the end of every byte
+written through this object, and reads write the buffer out first.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger("fastims")
+
+__all__ = ["StagingFile", "create_h5", "close_h5", "h5_path"]
+
+_ALIGN = 4096
+
+
+class StagingFile:
+    """A writable, readable file object for h5py's ``fileobj`` driver (one thread at a time).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        File to create (truncated if it exists).
+    capacity : int, optional
+        Bytes of the staging buffer (a multiple of 4 KiB): the size of one direct write.
+    threshold : int, optional
+        Smallest write that starts a staged run (HDF5's alignment threshold for chunks).
+    """
+
+    #: bytes of one direct write (8-64 MiB writes run at the disk's rate on the VMs we target)
+    CAPACITY = 16 << 20
+
+    def __init__(self, path: str | os.PathLike, *, capacity: int = CAPACITY, threshold: int = 64 << 10) -> None:
+        if capacity <= 0 or capacity % _ALIGN:
+            raise ValueError(f"capacity must be a positive multiple of {_ALIGN}, got {capacity}")
+        self.path = os.fspath(path)
+        self.name = self.path
+        self.capacity = int(capacity)
+        self.threshold = int(threshold)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        self.direct_fd = -1
+        direct = getattr(os, "O_DIRECT", 0)
+        if direct:
+            try:
+                self.direct_fd = os.open(self.path, os.O_WRONLY | direct)
+            except OSError:  # tmpfs and some network file systems refuse the flag
+                self.direct_fd = -1
+        self.direct_bytes = 0  # written with O_DIRECT, for tests and benchmarks
+        self._pos = 0
+        self._size = 0  # end of the data written so far (staged bytes included)
+        self._stage: np.ndarray | None = None
+        self._start = -1  # file offset of the staged run, -1 when none
+        self._used = 0  # end of the staged bytes in the window
+        self._holes: list[list[int]] = []  # [a, b) below _used never written through this object
+
+    # -- the file-object protocol h5py calls -------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self.fd < 0
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        if whence == os.SEEK_SET:
+            pos = offset
+        elif whence == os.SEEK_CUR:
+            pos = self._pos + offset
+        elif whence == os.SEEK_END:
+            pos = self._size + offset
+        else:
+            raise ValueError(f"invalid whence {whence}")
+        if pos < 0:
+            raise ValueError(f"negative seek position {pos}")
+        self._pos = pos
+        return pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        n = len(view)
+        pos = self._pos
+        if self._start >= 0:
+            start = self._start
+            # a large gap would be read back from the disk at the flush: end the run instead
+            if start <= pos and pos + n <= start + self.capacity and pos - start - self._used <= self.threshold:
+                self._stage_write(pos - start, view)
+                self._advance(pos + n)
+                return n
+            if pos + n > start:  # overlaps the window, or lies beyond it: the run ends here
+                self._write_stage()
+        if (self.direct_fd >= 0 and self.threshold <= n <= self.capacity and pos % _ALIGN == 0
+                and pos >= self._size):
+            if self._stage is None:
+                from fastims.engine import _POOL  # the writers' warm buffers (fresh pages are slow)
+
+                self._stage = _POOL.take((self.capacity,), np.uint8)
+            self._start, self._used = pos, 0
+            self._stage_write(0, view)
+        else:
+            _pwrite_all(self.fd, view, pos)
+        self._advance(pos + n)
+        return n
+
+    def readinto(self, buffer: Any) -> int:
+        self._write_stage()  # the page cache and the disk hold everything from here on
+        view = memoryview(buffer).cast("B")
+        done = 0
+        while done < len(view):
+            got = os.preadv(self.fd, [view[done:]], self._pos + done)
+            if got <= 0:
+                break
+            done += got
+        self._pos += done
+        return done
+
+    def read(self, size: int = -1) -> bytes:
+        size = max(self._size - self._pos, 0) if size is None or size < 0 else size
+        buf = bytearray(size)
+        got = self.readinto(buf)
+        return bytes(buf[:got])
+
+    def truncate(self, size: int | None = None) -> int:
+        self._write_stage()
+        size = self._pos if size is None else int(size)
+        os.ftruncate(self.fd, size)
+        self._size = size
+        return size
+
+    def flush(self) -> None:
+        """Write the staged run (HDF5 flushes its file through this)."""
+        self._write_stage()
+
+    def close(self) -> None:
+        """Write the staged run and close the descriptors (h5py leaves this to its caller)."""
+        if self.fd < 0:
+            return
+        try:
+            self._write_stage()
+        finally:
+            if self._stage is not None:
+                from fastims.engine import _POOL
+
+                _POOL.give(self._stage)
+                self._stage = None
+            for fd in (self.fd, self.direct_fd):
+                if fd >= 0:
+                    os.close(fd)
+            self.fd = self.direct_fd = -1
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _advance(self, end: int) -> None:
+        self._pos = end
+        if end > self._size:
+            self._size = end
+
+    def _stage_write(self, offset: int, view: memoryview) -> None:
+        stage = self._stage
+        assert stage is not None
+        end = offset + len(view)
+        if self._holes:  # bytes written now are no longer holes
+            holes = []
+            for a, b in self._holes:
+                if b <= offset or a >= end:
+                    holes.append([a, b])
+                    continue
+                if a < offset:
+                    holes.append([a, offset])
+                if b > end:
+                    holes.append([end, b])
+            self._holes = holes
+        if offset > self._used:  # e.g. the alignment gap between two chunks
+            self._holes.append([self._used, offset])
+        stage[offset:end] = np.frombuffer(view, np.uint8)
+        self._used = max(self._used, end)
+
+    def _write_stage(self) -> None:
+        """Write the staged run at its offset with direct I/O (buffered if the disk refuses it)."""
+        start, used = self._start, self._used
+        if start < 0:
+            return
+        holes, self._holes = self._holes, []
+        self._start, self._used = -1, 0
+        stage = self._stage
+        assert stage is not None
+        if self.direct_fd >= 0:
+            padded = -(-used // _ALIGN) * _ALIGN  # direct I/O writes whole pages
+            for a, b in [*holes, [used, padded]]:
+                self._fill_from_file(stage[a:b], start + a)
+            eof = os.fstat(self.fd).st_size
+            try:
+                _pwrite_all(self.direct_fd, memoryview(stage[:padded]), start)
+                self.direct_bytes += padded
+                if start + padded > max(eof, start + used):  # the page's tail is not part of the file
+                    os.ftruncate(self.fd, max(eof, start + used))
+                return
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                logger.debug("direct I/O refused (%s); writing through the page cache", exc)
+                self.direct_fd = -1
+        # buffered: skip the holes, whose bytes belong to whoever wrote them
+        pos = 0
+        for a, b in sorted(holes):
+            _pwrite_all(self.fd, memoryview(stage[pos:a]), start + pos)
+            pos = b
+        _pwrite_all(self.fd, memoryview(stage[pos:used]), start + pos)
+
+    def _fill_from_file(self, out: np.ndarray, offset: int) -> None:
+        """Read the file's bytes at `offset` into `out`; zeros beyond its end."""
+        view = memoryview(out).cast("B")
+        done = 0
+        while done < len(view):
+            got = os.preadv(self.fd, [view[done:]], offset + done)
+            if got <= 0:
+                break
+            done += got
+        out[done:] = 0
+
+
+def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
+    while len(view):
+        n = os.pwrite(fd, view, offset)
+        if n <= 0:  # pragma: no cover - a full disk raises ENOSPC instead
+            raise OSError(errno.EIO, "pwrite wrote nothing")
+        view, offset = view[n:], offset + n
+
+
+def create_h5(path: str | os.PathLike, **kwargs: Any) -> Any:
+    """A new h5py file at `path` written through a :class:`StagingFile` (`kwargs` go to h5py.File)."""
+    import h5py
+
+    staging = StagingFile(path)
+    try:
+        f = h5py.File(staging, "w", **kwargs)
+    except BaseException:
+        staging.close()
+        raise
+    f._fastims_staging = staging
+    return f
+
+
+def close_h5(f: Any) -> None:
+    """Close an h5py file from :func:`create_h5` (or any h5py file), then its staging file."""
+    staging = getattr(f, "_fastims_staging", None)
+    try:
+        f.close()
+    finally:
+        if staging is not None:
+            staging.close()
+
+
+def h5_path(f: Any) -> str:
+    """The path of an h5py file, also for files from :func:`create_h5` (whose name h5py does not know)."""
+    staging = getattr(f, "_fastims_staging", None)
+    return staging.path if staging is not None else f.filename
