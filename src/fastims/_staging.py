@@ -31,7 +31,7 @@ import numpy as np
 
 logger = logging.getLogger("fastims")
 
-__all__ = ["StagingFile", "create_h5", "close_h5", "h5_path"]
+__all__ = ["StagingFile", "close_h5", "create_h5", "h5_path"]
 
 _ALIGN = 4096
 
@@ -123,7 +123,9 @@ class StagingFile:
         if (self.direct_fd >= 0 and self.threshold <= n <= self.capacity and pos % _ALIGN == 0
                 and pos >= self._size):
             if self._stage is None:
-                from fastims.engine import _POOL  # the writers' warm buffers (fresh pages are slow)
+                from fastims.engine import (
+                    _POOL,  # the writers' warm buffers (fresh pages are slow)
+                )
 
                 self._stage = _POOL.take((self.capacity,), np.uint8)
             self._start, self._used = pos, 0
@@ -183,8 +185,7 @@ class StagingFile:
 
     def _advance(self, end: int) -> None:
         self._pos = end
-        if end > self._size:
-            self._size = end
+        self._size = max(self._size, end)
 
     def _stage_write(self, offset: int, view: memoryview) -> None:
         stage = self._stage
