@@ -29,6 +29,9 @@ from typing import Any
 
 import numpy as np
 
+# the writers' warm buffers: the staging buffer is taken from and given back to them
+from fastims.engine import _POOL
+
 logger = logging.getLogger("fastims")
 
 __all__ = ["StagingFile", "close_h5", "create_h5", "h5_path"]
@@ -123,10 +126,6 @@ class StagingFile:
         if (self.direct_fd >= 0 and self.threshold <= n <= self.capacity and pos % _ALIGN == 0
                 and pos >= self._size):
             if self._stage is None:
-                from fastims.engine import (
-                    _POOL,  # the writers' warm buffers (fresh pages are slow)
-                )
-
                 self._stage = _POOL.take((self.capacity,), np.uint8)
             self._start, self._used = pos, 0
             self._stage_write(0, view)
@@ -172,8 +171,6 @@ class StagingFile:
             self._write_stage()
         finally:
             if self._stage is not None:
-                from fastims.engine import _POOL
-
                 _POOL.give(self._stage)
                 self._stage = None
             for fd in (self.fd, self.direct_fd):
