@@ -7,8 +7,11 @@ and the block-mean downsampling of the slab into the slab of each level computed
 a complete lower-level slab fans out the same way. Finished chunks go to one writer thread,
 the only thread that calls HDF5 (h5py serialises every HDF5 call anyway), which stores them
 with ``write_direct_chunk``: no filter pipeline, no partial-chunk rewrites, no re-reading.
-Uncompressed datasets are allocated up front by HDF5 on page boundaries instead; the writer
-thread writes each gathered row of chunks at its address with direct I/O (:class:`RawTarget`).
+The adapters open their files through :mod:`fastims._staging`, which gathers those chunks
+into large page-aligned runs written with direct I/O (no page-cache copy, no writeback work
+on the cores that compress). Uncompressed datasets are allocated up front by HDF5 on page
+boundaries instead; the writer thread writes each gathered row of chunks at its address with
+direct I/O (:class:`RawTarget`).
 
 Memory: slab, chunk and row buffers come from a process-wide pool and are reused (fresh
 pages cost ~8x more than warm ones on the VMs we target). Level-0 slabs are taken part by
