@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
-from fastims import _staging
+from fastims import engine
 from fastims._staging import StagingFile, close_h5, create_h5, h5_path
 
 CAP = 64 << 10
@@ -102,14 +102,14 @@ def test_a_refused_direct_write_falls_back_to_the_page_cache(tmp_path, monkeypat
     if f.direct_fd < 0:
         f.close()
         pytest.skip("this file system refuses O_DIRECT")
-    real = _staging._pwrite_all
+    real = engine._pwrite_all
 
     def refuse(fd, view, offset):
         if fd == f.direct_fd:
             raise OSError(errno.EINVAL, "Invalid argument")
         real(fd, view, offset)
 
-    monkeypatch.setattr(_staging, "_pwrite_all", refuse)
+    monkeypatch.setattr(engine, "_pwrite_all", refuse)
     data = np.arange(3 * THRESHOLD, dtype=np.uint8)
     f.write(data)
     f.close()

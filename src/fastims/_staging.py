@@ -22,17 +22,13 @@ written through this object, and reads write the buffer out first.
 
 from __future__ import annotations
 
-import errno
-import logging
 import os
 from typing import Any
 
 import numpy as np
 
 # the writers' warm buffers: the staging buffer is taken from and given back to them
-from fastims.engine import _POOL
-
-logger = logging.getLogger("fastims")
+from fastims.engine import _POOL, _pwrite_all, write_direct
 
 __all__ = ["StagingFile", "close_h5", "create_h5", "h5_path"]
 
@@ -130,7 +126,7 @@ class StagingFile:
             self._start, self._used = pos, 0
             self._stage_write(0, view)
         else:
-            _pwrite_all(self.fd, view, pos)
+            _pwrite_all(self.fd, [view], pos)
         self._advance(pos + n)
         return n
 
@@ -218,23 +214,18 @@ class StagingFile:
             for a, b in [*holes, [used, padded]]:
                 self._fill_from_file(stage[a:b], start + a)
             eof = os.fstat(self.fd).st_size
-            try:
-                _pwrite_all(self.direct_fd, memoryview(stage[:padded]), start)
+            if write_direct(self.direct_fd, [memoryview(stage[:padded])], start):
                 self.direct_bytes += padded
                 if start + padded > max(eof, start + used):  # the page's tail is not part of the file
                     os.ftruncate(self.fd, max(eof, start + used))
                 return
-            except OSError as exc:
-                if exc.errno != errno.EINVAL:
-                    raise
-                logger.debug("direct I/O refused (%s); writing through the page cache", exc)
-                self.direct_fd = -1
+            self.direct_fd = -1
         # buffered: skip the holes, whose bytes belong to whoever wrote them
         pos = 0
-        for a, b in sorted(holes):
-            _pwrite_all(self.fd, memoryview(stage[pos:a]), start + pos)
+        for a, b in [*sorted(holes), (used, used)]:
+            if a > pos:
+                _pwrite_all(self.fd, [memoryview(stage[pos:a])], start + pos)
             pos = b
-        _pwrite_all(self.fd, memoryview(stage[pos:used]), start + pos)
 
     def _fill_from_file(self, out: np.ndarray, offset: int) -> None:
         """Read the file's bytes at `offset` into `out`; zeros beyond its end."""
@@ -246,14 +237,6 @@ class StagingFile:
                 break
             done += got
         out[done:] = 0
-
-
-def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
-    while len(view):
-        n = os.pwrite(fd, view, offset)
-        if n <= 0:  # pragma: no cover - a full disk raises ENOSPC instead
-            raise OSError(errno.EIO, "pwrite wrote nothing")
-        view, offset = view[n:], offset + n
 
 
 def create_h5(path: str | os.PathLike, **kwargs: Any) -> Any:

@@ -50,7 +50,7 @@ from fastims.pyramid import downsampled_shape
 
 __all__ = [
     "ALIGNED_FILE", "BufferPool", "DatasetRef", "Engine", "LevelSpec", "RawTarget", "Stream", "default_memory_limit",
-    "open_raw_fds", "ranges_text", "release_buffers",
+    "open_raw_fds", "ranges_text", "release_buffers", "write_direct",
 ]
 
 logger = logging.getLogger("fastims")
@@ -1034,15 +1034,9 @@ class Engine:
         nbytes = sum(b.nbytes for b in buffers)
         if raw.direct_fd >= 0 and offset % _ALIGN == 0 and all(
                 b.nbytes % _ALIGN == 0 and b.ctypes.data % _ALIGN == 0 for b in buffers):
-            try:
-                _pwrite_all(raw.direct_fd, buffers, offset)
+            if write_direct(raw.direct_fd, buffers, offset):
                 return
-            except OSError as exc:
-                if exc.errno != errno.EINVAL:
-                    raise
-                # alignment stricter than a page: let the page cache take every write
-                logger.debug("direct I/O refused (%s); writing through the page cache", exc)
-                raw.direct_fd = -1
+            raw.direct_fd = -1  # alignment stricter than a page: the page cache takes every write
         _pwrite_all(raw.fd, buffers, offset)
         self._wrote(nbytes, raw.fd)
 
@@ -1134,7 +1128,23 @@ def _fallocate(fd: int, offset: int, length: int) -> None:
         logger.debug("fallocate failed; direct writes will allocate blocks as they go")
 
 
-def _pwrite_all(fd: int, buffers: list[np.ndarray], offset: int) -> None:
+def write_direct(fd: int, buffers: list[Any], offset: int) -> bool:
+    """Write `buffers` at `offset` through an ``O_DIRECT`` descriptor; False if the disk refuses.
+
+    A refusal (EINVAL: alignment stricter than a page) is logged; callers then write through
+    the page cache from there on. Other errors (a full disk) are raised.
+    """
+    try:
+        _pwrite_all(fd, buffers, offset)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+        logger.debug("direct I/O refused (%s); writing through the page cache", exc)
+        return False
+    return True
+
+
+def _pwrite_all(fd: int, buffers: list[Any], offset: int) -> None:
     """Write `buffers` back to back at `offset` until every byte is written (GIL released).
 
     Several buffers go out in one ``pwritev`` where it exists (one large request instead of
