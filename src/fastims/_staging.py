@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 # the writers' warm buffers: the staging buffer is taken from and given back to them
-from fastims.engine import _POOL, _pwrite_all, write_direct
+from fastims.engine import _POOL, _pwrite_all, open_direct, write_direct
 
 __all__ = ["StagingFile", "close_h5", "create_h5", "h5_path"]
 
@@ -55,17 +55,10 @@ class StagingFile:
         if capacity <= 0 or capacity % _ALIGN:
             raise ValueError(f"capacity must be a positive multiple of {_ALIGN}, got {capacity}")
         self.path = os.fspath(path)
-        self.name = self.path
         self.capacity = int(capacity)
         self.threshold = int(threshold)
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-        self.direct_fd = -1
-        direct = getattr(os, "O_DIRECT", 0)
-        if direct:
-            try:
-                self.direct_fd = os.open(self.path, os.O_WRONLY | direct)
-            except OSError:  # tmpfs and some network file systems refuse the flag
-                self.direct_fd = -1
+        self.direct_fd = open_direct(self.path)
         self.direct_bytes = 0  # written with O_DIRECT, for tests and benchmarks
         self._pos = 0
         self._size = 0  # end of the data written so far (staged bytes included)
@@ -132,13 +125,7 @@ class StagingFile:
 
     def readinto(self, buffer: Any) -> int:
         self._write_stage()  # the page cache and the disk hold everything from here on
-        view = memoryview(buffer).cast("B")
-        done = 0
-        while done < len(view):
-            got = os.preadv(self.fd, [view[done:]], self._pos + done)
-            if got <= 0:
-                break
-            done += got
+        done = self._pread(memoryview(buffer).cast("B"), self._pos)
         self._pos += done
         return done
 
@@ -229,14 +216,17 @@ class StagingFile:
 
     def _fill_from_file(self, out: np.ndarray, offset: int) -> None:
         """Read the file's bytes at `offset` into `out`; zeros beyond its end."""
-        view = memoryview(out).cast("B")
+        out[self._pread(memoryview(out).cast("B"), offset):] = 0
+
+    def _pread(self, view: memoryview, offset: int) -> int:
+        """Read into `view` from `offset` until it is full or the file ends; the bytes read."""
         done = 0
         while done < len(view):
             got = os.preadv(self.fd, [view[done:]], offset + done)
             if got <= 0:
                 break
             done += got
-        out[done:] = 0
+        return done
 
 
 def create_h5(path: str | os.PathLike, **kwargs: Any) -> Any:

@@ -50,7 +50,7 @@ from fastims.pyramid import downsampled_shape
 
 __all__ = [
     "ALIGNED_FILE", "BufferPool", "DatasetRef", "Engine", "LevelSpec", "RawTarget", "Stream", "default_memory_limit",
-    "open_raw_fds", "ranges_text", "release_buffers", "write_direct",
+    "open_direct", "open_raw_fds", "ranges_text", "release_buffers", "write_direct",
 ]
 
 logger = logging.getLogger("fastims")
@@ -262,15 +262,18 @@ def open_raw_fds(path: str | os.PathLike) -> tuple[int, int]:
     File systems without direct I/O (tmpfs, some network mounts) refuse the flag; the
     buffered descriptor then takes every write.
     """
-    fd = os.open(path, os.O_WRONLY)
+    return os.open(path, os.O_WRONLY), open_direct(path)
+
+
+def open_direct(path: str | os.PathLike) -> int:
+    """A write-only ``O_DIRECT`` descriptor of an existing file, or -1 where the flag is refused."""
     direct = getattr(os, "O_DIRECT", 0)
-    dfd = -1
-    if direct:
-        try:
-            dfd = os.open(path, os.O_WRONLY | direct)
-        except OSError:
-            dfd = -1
-    return fd, dfd
+    if not direct:
+        return -1
+    try:
+        return os.open(path, os.O_WRONLY | direct)
+    except OSError:  # tmpfs and some network file systems refuse the flag
+        return -1
 
 
 class DatasetRef:
