@@ -389,3 +389,59 @@ def test_rows_queued_for_a_slow_disk_merge_into_larger_writes(tmp_path, monkeypa
     assert max(writes) > 1  # queued adjacent rows went out as one vectored write
     with h5py.File(path, "r") as f:
         np.testing.assert_array_equal(f["DataSet/ResolutionLevel 0/TimePoint 0/Channel 0/Data"][:16, :512, :512], data)
+
+
+# -- observers: a writer's view of one level while it streams (the .ims thumbnail) -------------
+
+
+@pytest.mark.parametrize("part_bytes", [1, 32 << 20])
+def test_observers_see_every_plane_of_their_level_once(tmp_path, monkeypatch, part_bytes):
+    import threading
+
+    import h5py
+
+    from fastims.pyramid import downsample
+    from fastims.synthetic import camera_stack
+
+    monkeypatch.setattr(Engine, "PART_BYTES", part_bytes)  # level 0 in parts of 4 planes or whole
+    data = camera_stack((13, 40, 50), "uint16", seed=4)  # a short last slab
+    levels = [LevelSpec((13, 40, 50), (4, 16, 16)), LevelSpec((6, 20, 25), (2, 16, 16), 0, (2, 2, 2))]
+    seen: dict[int, dict[int, np.ndarray]] = {0: {}, 1: {}}
+    lock = threading.Lock()
+
+    def observer(li):
+        def observe(z0, planes):
+            with lock:
+                for i, plane in enumerate(planes):
+                    assert z0 + i not in seen[li], (li, z0 + i)
+                    seen[li][z0 + i] = plane.copy()  # a pooled buffer: copy, do not keep
+        return observe
+
+    engine = Engine(max_workers=2)
+    f = engine.call(h5py.File, tmp_path / "o.h5", "w")
+    try:
+        refs = [engine.call(f.create_dataset, f"L{i}", shape=tuple(-(-n // c) * c for n, c in zip(s.shape, s.chunks)),
+                            dtype="uint16", chunks=s.chunks) for i, s in enumerate(levels)]
+        stream = engine.open_stream(0, dtype=np.uint16, levels=levels, datasets=refs,
+                                    codec=Codec.create(None, dtype=np.uint16), rule="imaris",
+                                    observers={0: observer(0), 1: observer(1)})
+        for z in np.random.default_rng(1).permutation(13):  # any order
+            engine.write(stream, int(z), data[z : z + 1])
+        engine.wait()
+    finally:
+        engine.call(f.close)
+        engine.close()
+    assert sorted(seen[0]) == list(range(13)) and sorted(seen[1]) == list(range(6))
+    np.testing.assert_array_equal(np.stack([seen[0][z] for z in range(13)]), data)
+    np.testing.assert_array_equal(np.stack([seen[1][z] for z in range(6)]), downsample(data, (2, 2, 2), rule="imaris"))
+
+
+def test_observers_need_an_existing_level():
+    engine = Engine(max_workers=1)
+    try:
+        with pytest.raises(ValueError, match="observer for level 2"):
+            engine.open_stream(0, dtype=np.uint16, levels=[LevelSpec((8, 16, 16), (8, 16, 16))],
+                               datasets=[DatasetRef()], codec=Codec.create(None, dtype=np.uint16),
+                               rule="imaris", observers={2: print})
+    finally:
+        engine.close()

@@ -35,7 +35,7 @@ import os
 import queue
 import sys
 import threading
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -355,6 +355,7 @@ class Stream:
         rule: str,
         histograms: bool,
         on_done: Callable[[Stream], None] | None,
+        observers: Mapping[int, Callable[[int, np.ndarray], None]] | None = None,
     ) -> None:
         self.engine = engine
         self.key = key
@@ -362,6 +363,7 @@ class Stream:
         self.codec = codec
         self.rule = rule
         self.on_done = on_done
+        self.observers = dict(observers or {})
         self.lock = threading.Lock()
         self.levels = [_Level(s, d, self.dtype, histograms) for s, d in zip(levels, datasets)]
         for i, lv in enumerate(self.levels):
@@ -708,13 +710,22 @@ class Engine:
         rule: str,
         histograms: bool = True,
         on_done: Callable[[Stream], None] | None = None,
+        observers: Mapping[int, Callable[[int, np.ndarray], None]] | None = None,
     ) -> Stream:
         """Describe one image and its pyramid.
 
         `datasets` holds one object per level whose ``.id`` is the h5py dataset id by the time
         the writer thread stores the level's first chunk (an h5py Dataset, or a holder filled
         by a job posted to the writer thread before the first write).
+
+        `observers` maps a level index to ``fn(z0, planes)``, called in a worker thread with
+        the unpadded planes ``z0 ..`` of every complete slab of that level (while the
+        stream is written, so a writer needs no read-back at close); `planes` is a view of
+        a pooled buffer, valid only during the call.
         """
+        for li in observers or {}:
+            if not 0 <= li < len(levels):
+                raise ValueError(f"observer for level {li}, but there are {len(levels)} levels")
         if len(levels) != len(datasets) or not levels:
             raise ValueError("need one dataset per level and at least one level")
         for i, spec in enumerate(levels):
@@ -732,7 +743,7 @@ class Engine:
             if src.chunks[0] % fz:
                 raise ValueError(f"level {spec.source} chunk depth {src.chunks[0]} is not a multiple of the z factor {fz} of level {i}")
         stream = Stream(self, key, dtype=np.dtype(dtype), levels=levels, datasets=datasets, codec=codec,
-                        rule=rule, histograms=histograms, on_done=on_done)
+                        rule=rule, histograms=histograms, on_done=on_done, observers=observers)
         self._grow_limit(stream)
         return stream
 
@@ -839,6 +850,8 @@ class Engine:
         jobs: list[tuple[Callable[..., None], tuple]] = []
         if lv.hist is not None:
             jobs.append((self._task_histogram, (stream, li, slab)))
+        if li in stream.observers:
+            jobs.append((self._task_observe, (stream, li, slab)))
         for iy in range(nrows):
             jobs.append((self._task_chunks, (stream, li, slab, iy)))
         for ci in lv.children:
@@ -869,6 +882,16 @@ class Engine:
             hist = stream.levels[li].hist
             for _, piece in slab.pieces():
                 hist.update(piece)
+        finally:
+            self._unref(stream, li, slab)
+
+    def _task_observe(self, stream: Stream, li: int, slab: _Slab) -> None:
+        try:
+            observe = stream.observers[li]
+            for start, piece in slab.pieces():
+                if self._error is not None:
+                    return
+                observe(slab.z0 + start, piece)
         finally:
             self._unref(stream, li, slab)
 

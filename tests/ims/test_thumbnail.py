@@ -12,6 +12,7 @@ from fastims.ims import thumbnail as thumb_mod
 from fastims.ims.attrs import read_attr_float
 from fastims.ims.color import auto_color_range
 from fastims.ims.thumbnail import (
+    Projection,
     make_thumbnail,
     thumbnail_level,
     thumbnail_quality,
@@ -193,3 +194,42 @@ def test_validation() -> None:
         make_thumbnail([vol.astype(np.int16)], colors=[(1, 0, 0)], color_ranges=[(0, 1)])
     with pytest.raises(ValueError):
         make_thumbnail([vol[None]], colors=[(1, 0, 0)], color_ranges=[(0, 1)])
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "float32"])
+def test_projection_in_any_order_equals_the_volume(dtype: str) -> None:
+    """Planes added out of order, in uneven runs and from threads give the volume's thumbnail."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(3)
+    vol = (rng.random((11, 300, 280)) * 200).astype(dtype)
+    if dtype == "float32":
+        vol[3, 10, 20] = np.nan  # kept in data: drawn black, propagates through the MIP
+        vol[7] -= 150.0  # negative values never show in the MIP (it starts from zeros)
+    proj = Projection(vol.shape, vol.dtype)
+    runs = [(0, 3), (3, 4), (4, 9), (9, 11)]
+    rng.shuffle(runs)
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda r: proj.add(r[0], vol[r[0] : r[1]]), runs))
+    assert proj.complete
+    opts = {"colors": [(0.2, 1.0, 0.5)], "color_ranges": [(5.0, 150.0)], "extent_yx": (300.0, 280.0)}
+    np.testing.assert_array_equal(make_thumbnail([proj], **opts), make_thumbnail([vol], **opts))
+    # the middle plane wins for an image whose MIP saturates: both images are kept
+    np.testing.assert_array_equal(proj.middle, vol[5])
+
+
+def test_projection_rejects_wrong_planes() -> None:
+    proj = Projection((4, 8, 8), np.uint16)
+    proj.add(0, np.ones((2, 8, 8), np.uint16))
+    with pytest.raises(ValueError, match="added twice"):
+        proj.add(1, np.ones((1, 8, 8), np.uint16))
+    with pytest.raises(IndexError):
+        proj.add(3, np.ones((2, 8, 8), np.uint16))
+    with pytest.raises(ValueError, match="expected"):
+        proj.add(2, np.ones((1, 8, 9), np.uint16))
+    with pytest.raises(ValueError, match="expected"):
+        proj.add(2, np.ones((1, 8, 8), np.uint8))
+    with pytest.raises(ValueError, match="missing"):
+        make_thumbnail([proj], colors=[(1.0, 1.0, 1.0)], color_ranges=[(0.0, 1.0)])
+    with pytest.raises(ValueError, match="positive"):
+        Projection((0, 8, 8), np.uint16)

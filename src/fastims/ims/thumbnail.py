@@ -17,6 +17,7 @@ ImarisWriter (``bpThumbnailBuilder``) makes an RGBA thumbnail at Finish:
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,7 +25,7 @@ import numpy as np
 
 from fastims.ims.color import color_values
 
-__all__ = ["thumbnail_level", "thumbnail_shape", "make_thumbnail", "thumbnail_quality"]
+__all__ = ["thumbnail_level", "thumbnail_shape", "make_thumbnail", "thumbnail_quality", "Projection"]
 
 THUMBNAIL_SIZE = 256
 
@@ -159,8 +160,67 @@ def _as_list(value: Any, n: int, name: str) -> list[Any]:
     return items
 
 
+class Projection:
+    """The Z-MIP and the middle plane of one channel, accumulated while its planes stream by.
+
+    A writer feeds it the planes of the thumbnail level as they are computed, in any order
+    and from several threads, so :func:`make_thumbnail` needs no second pass over the file
+    at close. Pass it to :func:`make_thumbnail` in place of the (Z, Y, X) volume; the result
+    is the same (the MIP starts from zeros, NaN propagates whatever the order).
+
+    Parameters
+    ----------
+    shape : (int, int, int)
+        Unpadded (Z, Y, X) size of the level.
+    dtype : dtype-like
+        Its element type.
+    """
+
+    def __init__(self, shape: tuple[int, int, int], dtype: Any) -> None:
+        nz, ny, nx = (int(n) for n in shape)
+        if min(nz, ny, nx) < 1:
+            raise ValueError(f"Projection: shape must be positive, got {shape}")
+        self.shape = (nz, ny, nx)
+        self.dtype = np.dtype(dtype)
+        self.mip = np.zeros((ny, nx), dtype=self.dtype)
+        self.middle = np.zeros((ny, nx), dtype=self.dtype)
+        self._seen = np.zeros(nz, dtype=bool)
+        self._lock = threading.Lock()
+
+    @property
+    def complete(self) -> bool:
+        """Every plane was added."""
+        return bool(self._seen.all())
+
+    def add(self, z0: int, planes: np.ndarray) -> None:
+        """Add planes ``z0 .. z0 + len(planes)`` (each exactly once); `planes` is not kept."""
+        planes = np.asarray(planes)
+        n = planes.shape[0]
+        if planes.shape[1:] != self.mip.shape or planes.dtype != self.dtype:
+            raise ValueError(f"Projection: expected (n, {self.shape[1]}, {self.shape[2]}) {self.dtype} planes, "
+                             f"got {planes.shape} {planes.dtype}")
+        if z0 < 0 or z0 + n > self.shape[0]:
+            raise IndexError(f"Projection: planes {z0}..{z0 + n - 1} outside 0..{self.shape[0] - 1}")
+        if n == 0:
+            return
+        top = planes.max(axis=0)  # outside the lock: threads project their slabs at once
+        mid = self.shape[0] // 2
+        with self._lock:
+            if self._seen[z0 : z0 + n].any():
+                raise ValueError(f"Projection: planes {z0}..{z0 + n - 1} added twice")
+            self._seen[z0 : z0 + n] = True
+            np.maximum(self.mip, top, out=self.mip)
+            if z0 <= mid < z0 + n:
+                self.middle[...] = planes[mid - z0]
+
+
 def _sample(volume: Any, ys: np.ndarray, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Nearest-neighbour samples of one channel: (Z-MIP, middle plane), shape (H, W)."""
+    pick = np.ix_(ys, xs)
+    if isinstance(volume, Projection):
+        if not volume.complete:
+            raise ValueError("Projection: planes are missing")
+        return volume.mip[pick], volume.middle[pick]
     shape = volume.shape
     if len(shape) == 2:
         nz = 1
@@ -186,33 +246,40 @@ def _sample(volume: Any, ys: np.ndarray, xs: np.ndarray) -> tuple[np.ndarray, np
             middle = slab[mid - z0]
     if middle is None:  # pragma: no cover - the slab loop always covers plane `mid`
         raise RuntimeError("middle plane was not sampled")
-    pick = np.ix_(ys, xs)
     return mip[pick], middle[pick]
 
 
 def _colorize(
-    planes: Sequence[np.ndarray],
+    images: Sequence[Sequence[np.ndarray]],
     colors: Sequence[Any],
     ranges: Sequence[tuple[float, float]],
     gammas: Sequence[float],
-) -> np.ndarray:
-    """Colour each channel, truncate to uint8 and combine by per-component maximum."""
-    h, w = planes[0].shape
-    rgba = np.zeros((h, w, 4), dtype=np.uint8)
-    for plane, color, crange, gamma in zip(planes, colors, ranges, gammas):
-        if plane.dtype in (np.uint8, np.uint16):
+) -> list[np.ndarray]:
+    """Colour each channel, truncate to uint8 and combine by per-component maximum.
+
+    ``images[k][c]`` is channel `c` of output image `k` (the MIP and the middle plane share
+    each channel's look-up table).
+    """
+    h, w = images[0][0].shape
+    out = [np.zeros((h, w, 4), dtype=np.uint8) for _ in images]
+    for c, (color, crange, gamma) in enumerate(zip(colors, ranges, gammas)):
+        planes = [image[c] for image in images]
+        lut8 = None
+        if planes[0].dtype in (np.uint8, np.uint16):
             # a look-up table over every value, as ImarisWriter's colour cache
             lut = color_values(
-                np.arange(1 << (8 * plane.dtype.itemsize), dtype=np.float32), color, crange, gamma
+                np.arange(1 << (8 * planes[0].dtype.itemsize), dtype=np.float32), color, crange, gamma
             )
             lut8 = (lut * _f32(255)).astype(np.uint8)
-            rgb8 = lut8[plane]
-        else:
-            # NaN voxels (kept in float data) are drawn black instead of an undefined cast
-            values = np.nan_to_num(color_values(plane, color, crange, gamma), nan=0.0)
-            rgb8 = (values * _f32(255)).astype(np.uint8)
-        np.maximum(rgba, rgb8, out=rgba)
-    return rgba
+        for rgba, plane in zip(out, planes):
+            if lut8 is not None:
+                rgb8 = lut8[plane]
+            else:
+                # NaN voxels (kept in float data) are drawn black instead of an undefined cast
+                values = np.nan_to_num(color_values(plane, color, crange, gamma), nan=0.0)
+                rgb8 = (values * _f32(255)).astype(np.uint8)
+            np.maximum(rgba, rgb8, out=rgba)
+    return out
 
 
 def make_thumbnail(
@@ -229,10 +296,11 @@ def make_thumbnail(
 
     Parameters
     ----------
-    volumes : sequence of array-like
+    volumes : sequence of array-like or Projection
         One (Z, Y, X) array per channel at time point 0, of the level chosen by
         :func:`thumbnail_level` (unpadded). h5py datasets work too; they are read in
-        Z slabs. A (Y, X) array counts as one plane.
+        Z slabs. A (Y, X) array counts as one plane. A complete :class:`Projection` of
+        the volume stands for it (what the writers pass: no read-back at close).
     colors : sequence
         Per channel, the base colour ``(r, g, b)`` or ``(r, g, b, a)`` (components 0..1) or
         a colour table of shape (n, 3) / (n, 4).
@@ -284,7 +352,6 @@ def make_thumbnail(
         mip, middle = _sample(v, ys, xs)
         mips.append(mip)
         middles.append(middle)
-    rgba_mip = _colorize(mips, cols, ranges, gams)
-    rgba_mid = _colorize(middles, cols, ranges, gams)
+    rgba_mip, rgba_mid = _colorize([mips, middles], cols, ranges, gams)
     chosen = rgba_mip if thumbnail_quality(rgba_mip) > thumbnail_quality(rgba_mid) else rgba_mid
     return np.ascontiguousarray(chosen.reshape(h, w * 4))

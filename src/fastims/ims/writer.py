@@ -33,7 +33,7 @@ from fastims.histogram import Histogram
 from fastims.ims.attrs import format_datetime, format_extent, format_float, write_attr_str, write_attr_u32
 from fastims.ims.color import DEFAULT_COLORS, auto_color_range, format_color
 from fastims.ims.layout import imaris_levels
-from fastims.ims.thumbnail import make_thumbnail, thumbnail_level
+from fastims.ims.thumbnail import Projection, make_thumbnail, thumbnail_level
 
 __all__ = ["ImsWriter", "write_ims"]
 
@@ -173,6 +173,11 @@ class ImsWriter(EngineWriter):
         self._lock = threading.Lock()
         self._streams: dict[tuple[int, int], Stream] = {}
         self._channel_hist = [Histogram(self.dtype) for _ in range(nc)]
+        # the thumbnail's projections of time point 0, built as its level streams by
+        self._thumb_level = thumbnail_level([lv.shape for lv in self.levels])
+        self._thumb = [Projection(self.levels[self._thumb_level].shape, self.dtype) for _ in range(nc)]
+        self._thumbnail: np.ndarray | None = None
+        self._streams_done = 0
         self._range_cache: dict[int, tuple[int, tuple[float, float]]] = {}  # c -> (count, range)
         self._closed = False
         self._file: Any = None
@@ -269,6 +274,7 @@ class ImsWriter(EngineWriter):
                 stream = self._engine.open_stream(
                     (t, c), dtype=self.dtype, levels=self._specs, datasets=refs, codec=self.codec,
                     rule="imaris", histograms=True, on_done=self._stream_done,
+                    observers={self._thumb_level: self._thumb[c].add} if t == 0 else None,
                 )
                 self._streams[(t, c)] = stream
         return stream
@@ -279,7 +285,13 @@ class ImsWriter(EngineWriter):
         hists = stream.histograms
         with self._lock:
             self._channel_hist[c].merge(hists[0])
+            self._streams_done += 1
+            last = self._streams_done == self.shape[0] * self.shape[1]
         self._engine.post(self._write_histograms, t, c, hists)
+        if last:
+            # every colour range is final now: build the thumbnail here, while the writer
+            # thread may still be storing chunks, instead of serially at close
+            self._thumbnail = self._make_thumbnail()
 
     @property
     def _label(self) -> Path:
@@ -441,16 +453,10 @@ class ImsWriter(EngineWriter):
             self._write_thumbnail()
         f.flush()
 
-    def _write_thumbnail(self) -> None:
-        r = thumbnail_level([lv.shape for lv in self.levels])
-        lz, ly, lx = self.levels[r].shape
+    def _make_thumbnail(self) -> np.ndarray:
         nc = self.shape[1]
-        volumes = []
-        for c in range(nc):
-            ds = self._file[_level_path(r, 0, c)]["Data"]
-            volumes.append(ds[:lz, :ly, :lx])
-        thumb = make_thumbnail(
-            volumes,
+        return make_thumbnail(
+            self._thumb,
             colors=self.channel_colors,
             color_ranges=[self._color_range(c) for c in range(nc)],
             gammas=[1.0] * nc,
@@ -458,10 +464,14 @@ class ImsWriter(EngineWriter):
             # level-0 physical extent: the aspect must not follow a level that halved only X or Y
             extent_yx=(self.shape[3] * self.voxel_size[1], self.shape[4] * self.voxel_size[2]),
         )
+
+    def _write_thumbnail(self) -> None:
+        if self._thumbnail is None:  # only _finish asks, after every stream was done
+            raise RuntimeError(f"{self.path}: the thumbnail was not built")
         group = self._file.require_group("Thumbnail")
         if "Data" in group:
             del group["Data"]
-        group.create_dataset("Data", data=thumb)
+        group.create_dataset("Data", data=self._thumbnail)
 
 
 def write_ims(path: str | os.PathLike, data: np.ndarray, **options: Any) -> None:
