@@ -287,7 +287,8 @@ class ImsWriter(EngineWriter):
             self._channel_hist[c].merge(hists[0])
             self._streams_done += 1
             last = self._streams_done == self.shape[0] * self.shape[1]
-        self._engine.post(self._write_histograms, t, c, hists)
+        # rebinned here, so the writer thread only stores them
+        self._engine.post(self._write_histograms, t, c, [h.imaris() for h in hists])
         if last:
             # every colour range is final now: build the thumbnail here, while the writer
             # thread may still be storing chunks, instead of serially at close
@@ -371,10 +372,9 @@ class ImsWriter(EngineWriter):
                 if ref.raw is not None:
                     ref.raw.ready.set()
 
-    def _write_histograms(self, t: int, c: int, hists: list[Histogram]) -> None:
-        for r, hist in enumerate(hists):
+    def _write_histograms(self, t: int, c: int, hists: list[Any]) -> None:
+        for r, h in enumerate(hists):
             group = self._file[_level_path(r, t, c)]
-            h = hist.imaris()
             for name in ("Histogram", "Histogram1024"):
                 if name in group:
                     del group[name]
