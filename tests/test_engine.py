@@ -222,20 +222,25 @@ def test_slabs_in_parts_give_the_same_file(tmp_path, monkeypatch, fmt, compresse
 
     compression = ("lz4" if fmt == "ims" else "gzip") if compressed else None
     nparts: list[int] = []
+    nbands: list[int] = []
     real_init = engine_mod._Slab.__init__
 
-    def spy(self, index, z0, depth, g, n):
+    def spy(self, index, z0, depth, g, n, rows, bands):
         nparts.append(n)
-        real_init(self, index, z0, depth, g, n)
+        nbands.append(bands)
+        real_init(self, index, z0, depth, g, n, rows, bands)
 
     monkeypatch.setattr(engine_mod._Slab, "__init__", spy)
 
-    # 70 planes: deep chunks, a last slab shallower than a chunk (some parts never taken)
-    data = camera_stack((70, 96, 130), "uint16", seed=11)
+    # 70 planes: deep chunks, a last slab shallower than a chunk (some parts never taken);
+    # 4 (ims) or 2 (BDV) chunk rows, the last one short (level-0 bands of unequal height)
+    data = camera_stack((70, 200, 60) if fmt == "ims" else (70, 300, 260), "uint16", seed=11)
     order = np.random.default_rng(3).permutation(70)  # out of order, part boundaries crossed
 
-    def write(path, part_bytes: int) -> None:
+    def write(path, part_bytes: int, banded: bool = True, band_bytes: int = 1) -> None:
         monkeypatch.setattr(Engine, "PART_BYTES", part_bytes)
+        monkeypatch.setattr(Engine, "BANDS", banded)
+        monkeypatch.setattr(Engine, "BAND_BYTES", band_bytes)  # 1: a band per chunk row
         if fmt == "ims":
             w = fastims.ImsWriter(path, shape=(1, 1, *data.shape), dtype="uint16", compression=compression,
                                   timepoints=[dt.datetime(2026, 1, 1)])
@@ -248,16 +253,28 @@ def test_slabs_in_parts_give_the_same_file(tmp_path, monkeypatch, fmt, compresse
 
     one = tmp_path / ("one." + ("ims" if fmt == "ims" else "xml"))
     many = tmp_path / ("many." + ("ims" if fmt == "ims" else "xml"))
+    whole = tmp_path / ("whole." + ("ims" if fmt == "ims" else "xml"))
     write(one, 1 << 40)  # a part is the whole slab
     assert max(nparts) == 1
     nparts.clear()
-    write(many, 1)  # the smallest parts the z factors allow
-    assert max(nparts) > 1
+    write(many, 1)  # the smallest parts the z factors allow, a band per chunk row
+    assert max(nparts) > 1 and max(nbands) == (4 if fmt == "ims" else 2)
+    nbands.clear()
+    write(whole, 1, banded=False)  # level-0 parts of whole planes instead of chunk-row bands
+    assert max(nbands) == 1
+    files = [one, many, whole]
+    if fmt == "ims":  # bands of two chunk rows (parts of 2 planes x 64 rows x 60 px, uint16)
+        nbands.clear()
+        files.append(tmp_path / "pairs.ims")
+        write(files[-1], 1, band_bytes=2 * 64 * 60 * 2 + 1)
+        assert max(nbands) == 2
     h5 = (lambda p: p) if fmt == "ims" else (lambda p: p.with_suffix(".h5"))
-    a, b = _datasets(h5(one)), _datasets(h5(many))
-    assert a.keys() == b.keys() and any("Data" in k or "cells" in k for k in a)
-    for key in a:  # every level, histogram and the thumbnail
-        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    a, *others = [_datasets(h5(f)) for f in files]
+    assert any("Data" in k or "cells" in k for k in a)
+    for b in others:
+        assert a.keys() == b.keys()
+        for key in a:  # every level, histogram and the thumbnail
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
     with fastims.open(many) as r:
         np.testing.assert_array_equal(np.asarray(r[:]).reshape(data.shape), data)
 
@@ -394,8 +411,9 @@ def test_rows_queued_for_a_slow_disk_merge_into_larger_writes(tmp_path, monkeypa
 # -- observers: a writer's view of one level while it streams (the .ims thumbnail) -------------
 
 
+@pytest.mark.parametrize("band_bytes", [1, 1 << 40])  # level 0 in bands of one chunk row / whole planes
 @pytest.mark.parametrize("part_bytes", [1, 32 << 20])
-def test_observers_see_every_plane_of_their_level_once(tmp_path, monkeypatch, part_bytes):
+def test_observers_see_every_plane_of_their_level_once(tmp_path, monkeypatch, part_bytes, band_bytes):
     import threading
 
     import h5py
@@ -404,17 +422,19 @@ def test_observers_see_every_plane_of_their_level_once(tmp_path, monkeypatch, pa
     from fastims.synthetic import camera_stack
 
     monkeypatch.setattr(Engine, "PART_BYTES", part_bytes)  # level 0 in parts of 4 planes or whole
+    monkeypatch.setattr(Engine, "BAND_BYTES", band_bytes)
     data = camera_stack((13, 40, 50), "uint16", seed=4)  # a short last slab
     levels = [LevelSpec((13, 40, 50), (4, 16, 16)), LevelSpec((6, 20, 25), (2, 16, 16), 0, (2, 2, 2))]
-    seen: dict[int, dict[int, np.ndarray]] = {0: {}, 1: {}}
+    seen: dict[int, dict[int, np.ndarray]] = {0: {}, 1: {}}  # level -> plane -> rows seen (-1: not yet)
     lock = threading.Lock()
 
     def observer(li):
-        def observe(z0, planes):
+        def observe(z0, planes, y0):
             with lock:
                 for i, plane in enumerate(planes):
-                    assert z0 + i not in seen[li], (li, z0 + i)
-                    seen[li][z0 + i] = plane.copy()  # a pooled buffer: copy, do not keep
+                    rows = seen[li].setdefault(z0 + i, np.full(levels[li].shape[1:], -1, np.int64))
+                    assert (rows[y0 : y0 + plane.shape[0]] == -1).all(), (li, z0 + i, y0)
+                    rows[y0 : y0 + plane.shape[0]] = plane  # a pooled buffer: copy, do not keep
         return observe
 
     engine = Engine(max_workers=2)

@@ -292,38 +292,46 @@ class DatasetRef:
 
 
 class _Slab:
-    """A chunk-deep slab of one level, held as `parts` of `g` planes each.
+    """A chunk-deep slab of one level, held as `parts` of `g` planes, each cut into row bands.
 
     Level-0 parts are taken from the budget one at a time as frames arrive, so a deep slab
     (32 planes of 8 MiB) never needs its whole size up front: the next slab starts filling
-    while the last one is still being encoded, and a camera is not stalled. Lower levels,
-    written by one downsampling task at a time, hold one part of the whole chunk depth.
+    while the last one is still being encoded, and a camera is not stalled. A level-0 part is
+    cut into bands of whole chunk rows (``parts[k][b]``), so a complete slab is processed band
+    by band and each band's buffers go back to the budget as soon as its chunk rows are
+    encoded, not when the whole slab is: a camera waits for one band, not for a slab (a
+    32-plane slab of 2048 x 2048 uint16 is 256 MiB of a 512 MiB budget). Lower levels, written
+    by the downsampling of their source, hold one part of the whole chunk depth in one band.
     Parts wholly beyond `depth` (the last slab of a stack) stay None and read as zeros.
     """
 
-    __slots__ = ("index", "z0", "depth", "g", "parts", "filled", "refs", "byte_parts")
+    __slots__ = ("index", "z0", "depth", "g", "rows", "nbands", "parts", "filled", "refs", "byte_parts")
 
-    def __init__(self, index: int, z0: int, depth: int, g: int, nparts: int) -> None:
+    def __init__(self, index: int, z0: int, depth: int, g: int, nparts: int, rows: int, nbands: int) -> None:
         self.index = index
         self.z0 = z0
         self.depth = depth  # valid planes (the last slab may be shallower than a chunk)
         self.g = g
-        self.parts: list[np.ndarray | None] = [None] * nparts
+        self.rows = rows  # rows per band (the last band may be shorter)
+        self.nbands = nbands
+        # parts[k][b]: planes k*g .. of rows b*rows ..; None until taken, a band None once released
+        self.parts: list[list[np.ndarray | None] | None] = [None] * nparts
         self.filled = 0
         self.refs = 0
-        self.byte_parts: list[np.ndarray | None] = []  # set by freeze()
+        self.byte_parts: list[list[np.ndarray | None]] = []  # per band, set by freeze()
 
     def freeze(self) -> None:
-        """The slab is complete: keep its parts as bytes, as the ``gather_row`` kernel takes them."""
-        self.byte_parts = [None if p is None else p.view(np.uint8) for p in self.parts]
+        """The slab is complete: keep each band's parts as bytes, as the ``gather_row`` kernel takes them."""
+        self.byte_parts = [[None if p is None else p[b].view(np.uint8) for p in self.parts]
+                           for b in range(self.nbands)]
 
-    def pieces(self) -> list[tuple[int, np.ndarray]]:
-        """``(first plane, valid planes of a part)`` for every part holding data."""
+    def pieces(self, band: int = 0) -> list[tuple[int, np.ndarray]]:
+        """``(first plane, valid planes of a part)`` of `band`, for every part holding data."""
         out = []
         for k, part in enumerate(self.parts):
             start = k * self.g
             if part is not None and start < self.depth:
-                out.append((start, part[: min(self.g, self.depth - start)]))
+                out.append((start, part[band][: min(self.g, self.depth - start)]))
         return out
 
 
@@ -371,6 +379,16 @@ class Stream:
                 self.levels[lv.spec.source].children.append(i)
         self.part_depth = _part_depth(levels[0], [levels[i].factors[0] for i in self.levels[0].children],
                                       self.dtype.itemsize, engine.PART_BYTES)
+        # level 0 in bands of whole chunk rows when every child's y factor divides the chunk
+        # height (a y block never straddles two bands), a band of a part holding at least
+        # BAND_BYTES (fewer, larger kernel calls); otherwise one band of whole planes
+        ny, cy = levels[0].shape[1], levels[0].chunks[1]
+        row_bytes = self.part_depth * cy * levels[0].shape[2] * self.dtype.itemsize
+        step = cy * max(1, -(-engine.BAND_BYTES // row_bytes))
+        banded = engine.BANDS and step < ny and all(cy % levels[i].factors[1] == 0 for i in self.levels[0].children)
+        self.band_rows = [(r, min(r + step, ny)) for r in range(0, ny, step)] if banded else [(0, ny)]
+        # contributions that complete one plane of a level: every band of its source level
+        self.units = [len(self.band_rows) if lv.spec.source == 0 else 1 for lv in self.levels]
         self.written = np.zeros(levels[0].shape[0], dtype=bool)
         self.finished = False
         self._downsample = _dispatch.kernel(f"downsample_{rule}")
@@ -398,11 +416,14 @@ class Stream:
             cz = lv.spec.chunks[0]
             z0 = index * cz
             depth = min(cz, lv.spec.shape[0] - z0)
-            g = self.part_depth if li == 0 else cz
-            slab = lv.slabs[index] = _Slab(index, z0, depth, g, cz // g)
-            if li:
-                slab.parts[0] = self.engine._acquire((cz, lv.spec.shape[1], lv.spec.shape[2]), self.dtype,
-                                                     lower=True)
+            if li == 0:
+                g = self.part_depth
+                slab = lv.slabs[index] = _Slab(index, z0, depth, g, cz // g, self.band_rows[0][1],
+                                               len(self.band_rows))
+            else:
+                slab = lv.slabs[index] = _Slab(index, z0, depth, cz, 1, lv.spec.shape[1], 1)
+                slab.parts[0] = [self.engine._acquire((cz, lv.spec.shape[1], lv.spec.shape[2]), self.dtype,
+                                                      lower=True)]
         return slab
 
 
@@ -718,10 +739,11 @@ class Engine:
         the writer thread stores the level's first chunk (an h5py Dataset, or a holder filled
         by a job posted to the writer thread before the first write).
 
-        `observers` maps a level index to ``fn(z0, planes)``, called in a worker thread with
-        the unpadded planes ``z0 ..`` of every complete slab of that level (while the
-        stream is written, so a writer needs no read-back at close); `planes` is a view of
-        a pooled buffer, valid only during the call.
+        `observers` maps a level index to ``fn(z0, planes, y0)``, called in worker threads with
+        every complete slab of that level, as (n, rows, X) blocks of the unpadded planes
+        ``z0 ..`` and rows ``y0 ..`` (level 0 comes in bands of chunk rows), while the stream is
+        written, so a writer needs no read-back at close; `planes` is a view of a pooled
+        buffer, valid only during the call.
         """
         for li in observers or {}:
             if not 0 <= li < len(levels):
@@ -784,8 +806,8 @@ class Engine:
         lv = stream.levels[0]
         cz = lv.spec.chunks[0]
         g = stream.part_depth
-        part_shape = (g, lv.spec.shape[1], lv.spec.shape[2])
-        part_bytes = g * lv.spec.shape[1] * lv.spec.shape[2] * stream.dtype.itemsize
+        nx = lv.spec.shape[2]
+        part_bytes = g * lv.spec.shape[1] * nx * stream.dtype.itemsize
         z = z0
         while z < z0 + n:
             index = z // cz
@@ -810,8 +832,11 @@ class Engine:
                     with stream.lock:  # another caller may have taken it meanwhile
                         part = slab.parts[k]
                         if part is None:
-                            part = slab.parts[k] = self._acquire(part_shape, stream.dtype)
-                np.copyto(part[p - slab.z0 - k * g : pend - slab.z0 - k * g], block[p - z0 : pend - z0])
+                            part = slab.parts[k] = [self._acquire((g, r1 - r0, nx), stream.dtype)
+                                                    for r0, r1 in stream.band_rows]
+                src = block[p - z0 : pend - z0]
+                for cell, (r0, r1) in zip(part, stream.band_rows):
+                    np.copyto(cell[p - slab.z0 - k * g : pend - slab.z0 - k * g], src[:, r0:r1])
                 p = pend
             self._add_planes(stream, 0, slab, end - z)
             z = end
@@ -832,10 +857,11 @@ class Engine:
         return missing
 
     def _add_planes(self, stream: Stream, li: int, slab: _Slab, n: int) -> None:
-        """Count `n` planes written into `slab`; once complete it leaves the open slabs and fans out."""
+        """Count `n` planes (of one band of the source) written into `slab`; once complete it
+        leaves the open slabs and fans out."""
         with stream.lock:
             slab.filled += n
-            complete = slab.filled == slab.depth
+            complete = slab.filled == slab.depth * stream.units[li]
             if complete:
                 del stream.levels[li].slabs[slab.index]
         if complete:
@@ -847,6 +873,12 @@ class Engine:
         spec = lv.spec
         _, cy, cx = spec.chunks
         nrows = -(-spec.shape[1] // cy)
+        slab.freeze()
+        if slab.nbands > 1:  # one task per band of chunk rows; see _task_band
+            slab.refs = slab.nbands
+            for b in range(slab.nbands):
+                self._submit(self._task_band, stream, li, slab, b)
+            return
         jobs: list[tuple[Callable[..., None], tuple]] = []
         if lv.hist is not None:
             jobs.append((self._task_histogram, (stream, li, slab)))
@@ -857,7 +889,6 @@ class Engine:
         for ci in lv.children:
             jobs.append((self._task_downsample, (stream, li, slab, ci)))
         slab.refs = len(jobs)
-        slab.freeze()
         for fn, args in jobs:
             self._submit(fn, *args)
 
@@ -871,9 +902,8 @@ class Engine:
             finished = all(level.done == level.nslabs for level in stream.levels)
             if finished:
                 stream.finished = True
-        for part in slab.parts:
-            if part is not None:
-                self._release(part, lower=li > 0)
+        for b in range(slab.nbands):
+            self._release_band(slab, li, b)
         if finished and stream.on_done is not None:
             stream.on_done(stream)
 
@@ -891,53 +921,92 @@ class Engine:
             for start, piece in slab.pieces():
                 if self._error is not None:
                     return
-                observe(slab.z0 + start, piece)
+                observe(slab.z0 + start, piece, 0)
         finally:
             self._unref(stream, li, slab)
 
+    def _task_band(self, stream: Stream, li: int, slab: _Slab, b: int) -> None:
+        """All that band `b` of a complete slab feeds, then its buffers go back at once.
+
+        Histogram, observers, downsampling into the children and the chunk row, part by part
+        while a part is warm in the cache; releasing band by band lets the camera fill the
+        next slab while this one is encoded, instead of waiting for its last row.
+        """
+        try:
+            lv = stream.levels[li]
+            observe = stream.observers.get(li)
+            y0 = b * slab.rows
+            for start, piece in slab.pieces(b):
+                if self._error is not None:
+                    return
+                if lv.hist is not None:
+                    lv.hist.update(piece)
+                if observe is not None:
+                    observe(slab.z0 + start, piece, y0)
+                for ci in lv.children:
+                    self._downsample_piece(stream, slab.z0 + start, piece, ci, y0)
+            cy = lv.spec.chunks[1]
+            for iy in range(y0 // cy, -(-min(y0 + slab.rows, lv.spec.shape[1]) // cy)):
+                self._encode_row(stream, li, slab, iy)
+        finally:
+            self._release_band(slab, li, b)
+            self._unref(stream, li, slab)
+
+    def _release_band(self, slab: _Slab, li: int, b: int) -> None:
+        for part in slab.parts:
+            if part is not None and part[b] is not None:
+                cell, part[b] = part[b], None
+                self._release(cell, lower=li > 0)
+
     def _task_chunks(self, stream: Stream, li: int, slab: _Slab, iy: int) -> None:
+        try:
+            self._encode_row(stream, li, slab, iy)
+        finally:
+            self._unref(stream, li, slab)
+
+    def _encode_row(self, stream: Stream, li: int, slab: _Slab, iy: int) -> None:
         """Encode the chunk row `iy` of a complete slab and queue it for the writer thread.
 
         One kernel call gathers a run of chunks (the whole row when uncompressed); LZ4 runs are
         shuffled and framed by one more (GIL released), so the Python work per chunk is small.
         """
-        try:
+        if self._error is not None:
+            return
+        lv = stream.levels[li]
+        cz, cy, cx = lv.spec.chunks
+        itemsize = stream.dtype.itemsize
+        n = -(-lv.spec.shape[2] // cx)
+        shape = (n, cz, cy, cx * itemsize)  # the row's chunks, as bytes
+        chunk_bytes = cz * cy * cx * itemsize
+        codec = stream.codec
+        # resolved to .id by the writer thread, which may create the dataset lazily
+        dataset = lv.dataset
+        # the row's band and its first row within it (bands hold whole chunk rows)
+        band = iy * cy // slab.rows
+        parts, y0 = slab.byte_parts[band], iy * cy - band * slab.rows
+        raw = getattr(dataset, "raw", None) if codec.compression is None else None
+        if raw is not None:
+            self._write_raw_row(raw, slab, parts, shape, (iy * cy, y0), cx)
+            return
+        if codec.compression is None:
+            # the chunks themselves are the payloads: the row lives until they are stored
+            row = self._gathered_io(slab, parts, shape, y0)
+            offsets = [(slab.z0, iy * cy, ix * cx) for ix in range(n)]
+            self._put(("chunks", dataset, offsets, list(row), row.nbytes, row))
+            return
+        # compressed: runs of chunks through per-thread scratch of a fixed size, so the
+        # scratch does not grow with the layout's rows (memory stays flat in Z)
+        k = max(1, min(n, self.GROUP_BYTES // chunk_bytes))
+        group = self._scratch("group", k * chunk_bytes).reshape(k, cz, cy, cx * itemsize)
+        shuffled = self._scratch("shuffled", chunk_bytes)
+        gather = _dispatch.kernel("gather_row")
+        for i0 in range(0, n, k):
             if self._error is not None:
                 return
-            lv = stream.levels[li]
-            cz, cy, cx = lv.spec.chunks
-            itemsize = stream.dtype.itemsize
-            n = -(-lv.spec.shape[2] // cx)
-            shape = (n, cz, cy, cx * itemsize)  # the row's chunks, as bytes
-            chunk_bytes = cz * cy * cx * itemsize
-            codec = stream.codec
-            # resolved to .id by the writer thread, which may create the dataset lazily
-            dataset = lv.dataset
-            raw = getattr(dataset, "raw", None) if codec.compression is None else None
-            if raw is not None:
-                self._write_raw_row(raw, slab, shape, iy * cy, cx)
-                return
-            if codec.compression is None:
-                # the chunks themselves are the payloads: the row lives until they are stored
-                row = self._gathered_io(slab, shape, iy * cy)
-                offsets = [(slab.z0, iy * cy, ix * cx) for ix in range(n)]
-                self._put(("chunks", dataset, offsets, list(row), row.nbytes, row))
-                return
-            # compressed: runs of chunks through per-thread scratch of a fixed size, so the
-            # scratch does not grow with the layout's rows (memory stays flat in Z)
-            k = max(1, min(n, self.GROUP_BYTES // chunk_bytes))
-            group = self._scratch("group", k * chunk_bytes).reshape(k, cz, cy, cx * itemsize)
-            shuffled = self._scratch("shuffled", chunk_bytes)
-            gather = _dispatch.kernel("gather_row")
-            for i0 in range(0, n, k):
-                if self._error is not None:
-                    return
-                m = min(k, n - i0)
-                gather(slab.byte_parts, slab.g, slab.depth, iy * cy, i0 * cx * itemsize, group[:m])
-                offsets = [(slab.z0, iy * cy, ix * cx) for ix in range(i0, i0 + m)]
-                self._encode_group(dataset, offsets, group[:m].reshape(-1), chunk_bytes, codec, shuffled)
-        finally:
-            self._unref(stream, li, slab)
+            m = min(k, n - i0)
+            gather(parts, slab.g, slab.depth, y0, i0 * cx * itemsize, group[:m])
+            offsets = [(slab.z0, iy * cy, ix * cx) for ix in range(i0, i0 + m)]
+            self._encode_group(dataset, offsets, group[:m].reshape(-1), chunk_bytes, codec, shuffled)
 
     #: bytes of chunks gathered and encoded by one step of a compressed chunk row
     GROUP_BYTES = 4 << 20
@@ -971,17 +1040,18 @@ class Engine:
         self._reserve_io(nbytes)  # new bytes objects, counted here
         self._put(("chunks", dataset, offsets, payloads, nbytes, None))
 
-    def _gathered_io(self, slab: _Slab, shape: tuple, y0: int) -> np.ndarray:
-        """A pooled I/O buffer of `shape` holding the slab's chunk row at `y0` (see _take_io)."""
+    def _gathered_io(self, slab: _Slab, parts: list, shape: tuple, y0: int) -> np.ndarray:
+        """A pooled I/O buffer of `shape` holding the chunk row at row `y0` of `parts` (see _take_io)."""
         row = self._take_io(shape, np.uint8)
         try:
-            _dispatch.kernel("gather_row")(slab.byte_parts, slab.g, slab.depth, y0, 0, row)
+            _dispatch.kernel("gather_row")(parts, slab.g, slab.depth, y0, 0, row)
         except BaseException:
             self._give_io(row)
             raise
         return row
 
-    def _write_raw_row(self, raw: RawTarget, slab: _Slab, shape: tuple, y0: int, cx: int) -> None:
+    def _write_raw_row(self, raw: RawTarget, slab: _Slab, parts: list, shape: tuple, y0: tuple[int, int],
+                       cx: int) -> None:
         """Gather one row of chunks of an up-front allocated, unfiltered dataset for the writer.
 
         HDF5 allocates the chunks of such a dataset one after the other in row-major order,
@@ -991,8 +1061,8 @@ class Engine:
         while not raw.ready.wait(0.1):  # the writer thread is creating the dataset
             if self._error is not None:
                 return
-        addresses = [raw.addresses[(slab.z0, y0, ix * cx)] for ix in range(shape[0])]
-        self._put(("raw", raw, self._gathered_io(slab, shape, y0), addresses))
+        addresses = [raw.addresses[(slab.z0, y0[0], ix * cx)] for ix in range(shape[0])]  # (level, in parts)
+        self._put(("raw", raw, self._gathered_io(slab, parts, shape, y0[1]), addresses))
 
     def _store_raw(self, batch: list[tuple]) -> None:
         """Writer thread: write gathered rows at their file offsets, then recycle their buffers.
@@ -1024,6 +1094,12 @@ class Engine:
 
     #: smallest level-0 part of a slab taken from the budget at once (see :class:`_Slab`)
     PART_BYTES = 32 << 20
+
+    #: cut level-0 parts into bands of chunk rows, released one by one (see :class:`_Slab`)
+    BANDS = True
+
+    #: least bytes of a level-0 part's band (whole chunk rows)
+    BAND_BYTES = 8 << 20
 
     #: bytes of chunks and rows that may wait for the writer thread before workers wait
     IO_BYTES = 64 << 20
@@ -1075,12 +1151,15 @@ class Engine:
         finally:
             self._unref(stream, li, slab)
 
-    def _downsample_piece(self, stream: Stream, z0: int, src: np.ndarray, ci: int) -> None:
-        """Block-mean planes ``z0 .. z0 + len(src)`` of a level into its child level `ci`."""
+    def _downsample_piece(self, stream: Stream, z0: int, src: np.ndarray, ci: int, y0: int = 0) -> None:
+        """Block-mean planes ``z0 .. z0 + len(src)`` (rows ``y0 ..``) of a level into its child `ci`."""
         child = stream.levels[ci]
         fz, fy, fx = child.spec.factors
-        zc = child.spec.shape[0]
+        zc, yc = child.spec.shape[:2]
         ccz = child.spec.chunks[0]
+        whole = src.shape[1] == stream.levels[child.spec.source].spec.shape[1]
+        y1 = y0 + src.shape[1]  # a band ends on a multiple of fy, except the last one
+        r0, r1 = y0 // fy, min(yc, y1 // fy if stream.rule == "imaris" else -(-y1 // fy))
         # child planes these planes produce: whole groups of fz planes (floor rule drops a
         # trailing partial group; the bdv rule keeps it, replicating its last plane)
         k0 = z0 // fz
@@ -1094,7 +1173,13 @@ class Engine:
                 cslab = stream._slab(ci, index)
             s0 = k * fz - z0
             s1 = min(kend * fz, end) - z0
-            stream._downsample(src[s0:s1], cslab.parts[0][k - cslab.z0 : kend - cslab.z0], fz, fy, fx)
+            out = cslab.parts[0][0]
+            if whole:
+                stream._downsample(src[s0:s1], out[k - cslab.z0 : kend - cslab.z0], fz, fy, fx)
+            else:  # a band of a child plane is contiguous, several planes of it are not
+                for kk in range(k, kend):
+                    a, e = kk * fz - z0, min((kk + 1) * fz, end) - z0
+                    stream._downsample(src[a:e], out[kk - cslab.z0 : kk - cslab.z0 + 1, r0:r1], fz, fy, fx)
             self._add_planes(stream, ci, cslab, kend - k)
             k = kend
 

@@ -184,34 +184,39 @@ class Projection:
         self.dtype = np.dtype(dtype)
         self.mip = np.zeros((ny, nx), dtype=self.dtype)
         self.middle = np.zeros((ny, nx), dtype=self.dtype)
-        self._seen = np.zeros(nz, dtype=bool)
+        self._seen = np.zeros((nz, ny), dtype=bool)  # rows of planes added
         self._lock = threading.Lock()
 
     @property
     def complete(self) -> bool:
-        """Every plane was added."""
+        """Every row of every plane was added."""
         return bool(self._seen.all())
 
-    def add(self, z0: int, planes: np.ndarray) -> None:
-        """Add planes ``z0 .. z0 + len(planes)`` (each exactly once); `planes` is not kept."""
+    def add(self, z0: int, planes: np.ndarray, y0: int = 0) -> None:
+        """Add rows ``y0 ..`` of planes ``z0 .. z0 + len(planes)`` (each exactly once).
+
+        `planes` is (n, rows, X) and is not kept.
+        """
         planes = np.asarray(planes)
-        n = planes.shape[0]
-        if planes.shape[1:] != self.mip.shape or planes.dtype != self.dtype:
-            raise ValueError(f"Projection: expected (n, {self.shape[1]}, {self.shape[2]}) {self.dtype} planes, "
-                             f"got {planes.shape} {planes.dtype}")
-        if z0 < 0 or z0 + n > self.shape[0]:
-            raise IndexError(f"Projection: planes {z0}..{z0 + n - 1} outside 0..{self.shape[0] - 1}")
-        if n == 0:
+        nz, ny, nx = self.shape
+        if planes.ndim != 3 or planes.shape[2] != nx or planes.dtype != self.dtype:
+            raise ValueError(f"Projection: expected (n, rows, {nx}) {self.dtype} planes, got {planes.shape} {planes.dtype}")
+        n, rows = planes.shape[:2]
+        if z0 < 0 or z0 + n > nz or y0 < 0 or y0 + rows > ny:
+            raise IndexError(f"Projection: planes {z0}..{z0 + n - 1}, rows {y0}..{y0 + rows - 1} outside "
+                             f"{nz} x {ny}")
+        if n == 0 or rows == 0:
             return
         top = planes.max(axis=0)  # outside the lock: threads project their slabs at once
-        mid = self.shape[0] // 2
+        mid = nz // 2
         with self._lock:
-            if self._seen[z0 : z0 + n].any():
-                raise ValueError(f"Projection: planes {z0}..{z0 + n - 1} added twice")
-            self._seen[z0 : z0 + n] = True
-            np.maximum(self.mip, top, out=self.mip)
+            if self._seen[z0 : z0 + n, y0 : y0 + rows].any():
+                raise ValueError(f"Projection: planes {z0}..{z0 + n - 1} (rows {y0}..) added twice")
+            self._seen[z0 : z0 + n, y0 : y0 + rows] = True
+            band = self.mip[y0 : y0 + rows]
+            np.maximum(band, top, out=band)
             if z0 <= mid < z0 + n:
-                self.middle[...] = planes[mid - z0]
+                self.middle[y0 : y0 + rows] = planes[mid - z0]
 
 
 def _sample(volume: Any, ys: np.ndarray, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
