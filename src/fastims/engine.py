@@ -1,10 +1,11 @@
 """The format-agnostic streaming engine shared by the Imaris and BDV writers.
 
 Frames of one stream (a (t, c) of Imaris, a view of BDV) are copied into a chunk-deep *slab*
-of level 0. A complete slab fans out into tasks on a thread pool whose kernels release the
-GIL: a histogram update, the chunks of each chunk row (gather + zero-pad + shuffle + codec),
-and the block-mean downsampling of the slab into the slab of each level computed from it;
-a complete lower-level slab fans out the same way. Finished chunks go to one writer thread,
+of level 0, held in bands of chunk rows. A complete slab fans out into one task per band on a
+thread pool whose kernels release the GIL: the band's histogram update, its block-mean
+downsampling into the slab of each level computed from it, and its chunk rows (gather +
+zero-pad + shuffle + codec); then the band's memory is returned. A complete lower-level slab
+fans out the same way in one band (a histogram task, a task per chunk row, the downsampling). Finished chunks go to one writer thread,
 the only thread that calls HDF5 (h5py serialises every HDF5 call anyway), which stores them
 with ``write_direct_chunk``: no filter pipeline, no partial-chunk rewrites, no re-reading.
 The adapters open their files through :mod:`fastims._staging`, which gathers those chunks
@@ -15,7 +16,7 @@ direct I/O (:class:`RawTarget`).
 
 Memory: slab, chunk and row buffers come from a process-wide pool and are reused (fresh
 pages cost ~8x more than warm ones on the VMs we target). Level-0 slabs are taken part by
-part as frames arrive. The caller blocks in ``write`` while the bytes held by slabs, plus
+part as frames arrive and given back band by band as they are encoded. The caller blocks in ``write`` while the bytes held by slabs, plus
 room kept for lower-level slabs, exceed ``memory_limit`` and work is in flight
 (back-pressure); it never blocks when nothing is in flight, so an out-of-order stream cannot
 deadlock. Encoded chunks and rows waiting for the writer thread have their own bound
