@@ -4,10 +4,11 @@ Frames of one stream (a (t, c) of Imaris, a view of BDV) are copied into a chunk
 of level 0, held in bands of chunk rows. A complete slab fans out into one task per band on a
 thread pool whose kernels release the GIL: the band's histogram update, its block-mean
 downsampling into the slab of each level computed from it, and its chunk rows (gather +
-zero-pad + shuffle + codec); then the band's memory is returned. A complete lower-level slab
-fans out the same way in one band (a histogram task, a task per chunk row, the downsampling). Finished chunks go to one writer thread,
-the only thread that calls HDF5 (h5py serialises every HDF5 call anyway), which stores them
-with ``write_direct_chunk``: no filter pipeline, no partial-chunk rewrites, no re-reading.
+zero-pad + shuffle + codec); then the band's memory is returned. A complete lower-level slab,
+one band, fans out into a histogram task, a task per chunk row and its downsampling. Finished
+chunks go to one writer thread, the only thread that calls HDF5 (h5py serialises every HDF5
+call anyway), which stores them with ``write_direct_chunk``: no filter pipeline, no
+partial-chunk rewrites, no re-reading.
 The adapters open their files through :mod:`fastims._staging`, which gathers those chunks
 into large page-aligned runs written with direct I/O (no page-cache copy, no writeback work
 on the cores that compress). Uncompressed datasets are allocated up front by HDF5 on page
@@ -16,8 +17,9 @@ direct I/O (:class:`RawTarget`).
 
 Memory: slab, chunk and row buffers come from a process-wide pool and are reused (fresh
 pages cost ~8x more than warm ones on the VMs we target). Level-0 slabs are taken part by
-part as frames arrive and given back band by band as they are encoded. The caller blocks in ``write`` while the bytes held by slabs, plus
-room kept for lower-level slabs, exceed ``memory_limit`` and work is in flight
+part as frames arrive and given back band by band as they are encoded. The caller blocks in
+``write`` while the bytes held by slabs, plus room kept for lower-level slabs, exceed
+``memory_limit`` and work is in flight
 (back-pressure); it never blocks when nothing is in flight, so an out-of-order stream cannot
 deadlock. Encoded chunks and rows waiting for the writer thread have their own bound
 (:attr:`Engine.IO_BYTES`): workers wait for the disk, and the caller waits for them.
@@ -364,7 +366,7 @@ class Stream:
         rule: str,
         histograms: bool,
         on_done: Callable[[Stream], None] | None,
-        observers: Mapping[int, Callable[[int, np.ndarray], None]] | None = None,
+        observers: Mapping[int, Callable[[int, np.ndarray, int], None]] | None = None,
     ) -> None:
         self.engine = engine
         self.key = key
@@ -732,7 +734,7 @@ class Engine:
         rule: str,
         histograms: bool = True,
         on_done: Callable[[Stream], None] | None = None,
-        observers: Mapping[int, Callable[[int, np.ndarray], None]] | None = None,
+        observers: Mapping[int, Callable[[int, np.ndarray, int], None]] | None = None,
     ) -> Stream:
         """Describe one image and its pyramid.
 
@@ -929,9 +931,10 @@ class Engine:
     def _task_band(self, stream: Stream, li: int, slab: _Slab, b: int) -> None:
         """All that band `b` of a complete slab feeds, then its buffers go back at once.
 
-        Histogram, observers, downsampling into the children and the chunk row, part by part
-        while a part is warm in the cache; releasing band by band lets the camera fill the
-        next slab while this one is encoded, instead of waiting for its last row.
+        Histogram, observers and downsampling into the children part by part (a part's band
+        is still warm in the cache), then the band's chunk rows; returning the memory band by
+        band lets the camera fill the next slab while this one is encoded, instead of waiting
+        for its last row.
         """
         try:
             lv = stream.levels[li]
@@ -987,7 +990,7 @@ class Engine:
         parts, y0 = slab.byte_parts[band], iy * cy - band * slab.rows
         raw = getattr(dataset, "raw", None) if codec.compression is None else None
         if raw is not None:
-            self._write_raw_row(raw, slab, parts, shape, (iy * cy, y0), cx)
+            self._write_raw_row(raw, slab, parts, y0, shape, iy * cy, cx)
             return
         if codec.compression is None:
             # the chunks themselves are the payloads: the row lives until they are stored
@@ -1051,19 +1054,20 @@ class Engine:
             raise
         return row
 
-    def _write_raw_row(self, raw: RawTarget, slab: _Slab, parts: list, shape: tuple, y0: tuple[int, int],
+    def _write_raw_row(self, raw: RawTarget, slab: _Slab, parts: list, y0: int, shape: tuple, level_y0: int,
                        cx: int) -> None:
-        """Gather one row of chunks of an up-front allocated, unfiltered dataset for the writer.
+        """Gather the chunk row at row `y0` of `parts` (`level_y0` of the level) for the writer.
 
-        HDF5 allocates the chunks of such a dataset one after the other in row-major order,
+        The dataset is unfiltered and allocated up front: HDF5 allocates its chunks one after
+        the other in row-major order,
         so a row is normally one contiguous range of the file: one large write, issued by
         the writer thread (:meth:`_store_raw`) while the workers go on computing.
         """
         while not raw.ready.wait(0.1):  # the writer thread is creating the dataset
             if self._error is not None:
                 return
-        addresses = [raw.addresses[(slab.z0, y0[0], ix * cx)] for ix in range(shape[0])]  # (level, in parts)
-        self._put(("raw", raw, self._gathered_io(slab, parts, shape, y0[1]), addresses))
+        addresses = [raw.addresses[(slab.z0, level_y0, ix * cx)] for ix in range(shape[0])]
+        self._put(("raw", raw, self._gathered_io(slab, parts, shape, y0), addresses))
 
     def _store_raw(self, batch: list[tuple]) -> None:
         """Writer thread: write gathered rows at their file offsets, then recycle their buffers.
