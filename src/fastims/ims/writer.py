@@ -29,7 +29,7 @@ from fastims._version import __version__
 from fastims.compression import Codec, chunk_addresses
 from fastims.engine import ALIGNED_FILE, DatasetRef, Engine, LevelSpec, RawTarget, Stream, open_raw_fds, ranges_text
 from fastims.errors import WriterStateError
-from fastims.histogram import Histogram
+from fastims.histogram import Histogram, ImarisHistogram
 from fastims.ims.attrs import format_datetime, format_extent, format_float, write_attr_str, write_attr_u32
 from fastims.ims.color import DEFAULT_COLORS, auto_color_range, format_color
 from fastims.ims.layout import imaris_levels
@@ -372,7 +372,7 @@ class ImsWriter(EngineWriter):
                 if ref.raw is not None:
                     ref.raw.ready.set()
 
-    def _write_histograms(self, t: int, c: int, hists: list[Any]) -> None:
+    def _write_histograms(self, t: int, c: int, hists: list[ImarisHistogram]) -> None:
         for r, h in enumerate(hists):
             group = self._file[_level_path(r, t, c)]
             for name in ("Histogram", "Histogram1024"):
