@@ -117,6 +117,62 @@ def test_a_refused_direct_write_falls_back_to_the_page_cache(tmp_path, monkeypat
     assert path.read_bytes() == data.tobytes()
 
 
+def test_full_runs_are_written_in_the_background_in_order(tmp_path, monkeypatch):
+    """A run that the next chunk lies past goes to a helper thread while the next one fills."""
+    import threading
+
+    import fastims._staging as staging_mod
+
+    path = tmp_path / "f.bin"
+    f = StagingFile(path, capacity=CAP, threshold=THRESHOLD)
+    threads: list[str] = []
+    real = staging_mod.StagingFile._write_run
+
+    def spy(self, *args):
+        threads.append(threading.current_thread().name)
+        return real(self, *args)
+
+    monkeypatch.setattr(staging_mod.StagingFile, "_write_run", spy)
+    rng = np.random.default_rng(7)
+    model = bytearray()
+    for _ in range(40):  # chunks of 20-30 KiB at page boundaries: several per run, many runs
+        pos = -(-len(model) // 4096) * 4096
+        data = rng.integers(0, 256, int(rng.integers(20_000, 30_000)), dtype=np.uint8)
+        f.seek(pos)
+        f.write(data)
+        model.extend(bytes(pos - len(model)))
+        model.extend(data.tobytes())
+    f.seek(100)  # metadata inside an earlier run: waits for the run in flight
+    f.write(b"meta")
+    model[100:104] = b"meta"
+    f.seek(0)
+    assert f.read(len(model)) == bytes(model)  # reads see every run
+    f.close()
+    assert path.read_bytes() == bytes(model)
+    assert any(name.startswith("fastims-staging") for name in threads)  # some in the background
+    assert f._io is None and f._inflight is None
+
+
+def test_an_error_of_a_background_write_reaches_the_caller(tmp_path, monkeypatch):
+    import fastims._staging as staging_mod
+
+    path = tmp_path / "f.bin"
+    f = StagingFile(path, capacity=CAP, threshold=THRESHOLD)
+
+    def fail(self, *args):
+        raise OSError(errno.EIO, "disk gone")
+
+    monkeypatch.setattr(staging_mod.StagingFile, "_write_run", fail)
+    chunk = np.ones(THRESHOLD * 5, np.uint8)
+    with pytest.raises(OSError, match="disk gone"):
+        for k in range(8):  # the first run fails in the background, the next sync point raises
+            f.seek(k * chunk.nbytes)
+            f.write(chunk)
+        f.flush()
+    monkeypatch.undo()
+    f.close()
+
+
 def test_truncate_and_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="multiple of 4096"):
         StagingFile(tmp_path / "x", capacity=1000)
