@@ -22,7 +22,9 @@ direct write, so data other descriptors wrote there (in-place chunk writes, see
 :class:`fastims.engine.RawTarget`) survive. A run starts only beyond the end of every byte
 written through this object, and reads write the buffer out first. While a run is written in
 the background this object only fills memory: any other file operation (a write that is not
-staged, a read, flush, truncate, close) first waits for it, and runs reach the file in order.
+staged, a read, flush, truncate, close) first waits for it, and runs reach the file in order;
+its holes are read when it ends, so other descriptors must not write into an ended run's window
+until the object is flushed (in-place chunks never lie there: HDF5 allocates them first).
 """
 
 from __future__ import annotations
@@ -220,6 +222,12 @@ class StagingFile:
         self._start, self._used = -1, 0
         stage, self._stage = self._stage, None
         assert stage is not None
+        if self.direct_fd >= 0:
+            # the window's bytes nobody wrote through this object, read now (before a
+            # background write), so what other descriptors wrote there until now survives
+            padded = -(-used // _ALIGN) * _ALIGN  # direct I/O writes whole pages
+            for a, b in [*holes, [used, padded]]:
+                self._fill_from_file(stage[a:b], start + a)
         if not background:
             try:
                 self._write_run(stage, start, used, holes)
@@ -238,10 +246,9 @@ class StagingFile:
             inflight.result()
 
     def _write_run(self, stage: np.ndarray, start: int, used: int, holes: list[list[int]]) -> None:
+        """Write a detached run whose holes are filled (see :meth:`_write_stage`)."""
         if self.direct_fd >= 0:
-            padded = -(-used // _ALIGN) * _ALIGN  # direct I/O writes whole pages
-            for a, b in [*holes, [used, padded]]:
-                self._fill_from_file(stage[a:b], start + a)
+            padded = -(-used // _ALIGN) * _ALIGN
             eof = os.fstat(self.fd).st_size
             if write_direct(self.direct_fd, [memoryview(stage[:padded])], start):
                 self.direct_bytes += padded
