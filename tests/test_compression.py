@@ -183,6 +183,55 @@ def test_gzip_chunks_match_imariswriter(fixtures_dir):
 # ---------------------------------------------------------------------------------------
 
 
+def test_lz4_acceleration_choice_and_bytes(rng):
+    """Shuffled LZ4 runs at LZ4_SHUFFLED_ACCELERATION, plain LZ4 at 1; every path agrees."""
+    import lz4.block
+
+    from fastims.compression import LZ4_SHUFFLED_ACCELERATION, lz4_compress_address
+
+    assert LZ4_SHUFFLED_ACCELERATION == 2
+    plain = Codec.create("lz4", dtype=np.uint16)
+    shuffled = Codec.create("lz4", shuffle=True, dtype=np.uint16)
+    forced = Codec.create("lz4", dtype=np.uint16, lz4_acceleration=5)
+    assert (plain.lz4_acceleration, plain.encoder) == (1, "lz4")
+    assert (shuffled.lz4_acceleration, shuffled.encoder) == (2, "shuffle+lz4-fast2")
+    assert (forced.lz4_acceleration, forced.encoder) == (5, "lz4-fast5")
+    # uint8 is never shuffled under the Imaris rule: acceleration 1
+    assert Codec.create("lz4", shuffle=True, dtype=np.uint8).lz4_acceleration == 1
+    assert Codec.create("gzip", dtype=np.uint16, lz4_acceleration=3).lz4_acceleration == 0
+    assert plain.filters == forced.filters  # nothing about it is stored in the file
+    for bad in (0, -1, 65538, 1.5, True):
+        with pytest.raises(ValueError, match="acceleration"):
+            Codec.create("lz4", dtype=np.uint16, lz4_acceleration=bad)
+    with pytest.raises(ValueError, match="acceleration"):
+        encode_lz4(b"abc", acceleration=0)
+    chunk = camera_like(rng, (4, 64, 64), np.uint16)
+    data = chunk.reshape(-1).view(np.uint8)
+    for codec in (plain, shuffled, forced):
+        frame = bytes(codec.encode(chunk))
+        payload = np.empty(data.shape[0], np.uint8)
+        if codec.shuffles:
+            _dispatch.kernel("shuffle")(data, 2, payload)
+        else:
+            payload[:] = data
+        block = lz4.block.compress(payload, mode="fast", acceleration=codec.lz4_acceleration, store_size=False)
+        assert frame[16:] == block
+        np.testing.assert_array_equal(codec.decode(frame, chunk.shape, chunk.dtype), chunk)
+        address = lz4_compress_address()
+        if address:
+            # the in-buffer path calls liblz4 through its address (the lz4 package may run
+            # another build): its frames equal the twin's at the codec's acceleration
+            bound = codec.frame_bound(data.shape[0])
+            expect = np.empty(bound, np.uint8)
+            expect = expect[: _dispatch.reference("lz4_frame")(payload, expect, address, codec.lz4_acceleration)]
+            out = np.empty(bound, np.uint8)
+            assert out[: codec.encode_into(payload, out)].tobytes() == expect.tobytes()
+            sizes = np.zeros(1, np.int64)
+            codec.encode_chunks_into(data, data.shape[0], out, bound, sizes, scratch=np.empty(data.shape[0], np.uint8))
+            assert out[: sizes[0]].tobytes() == expect.tobytes()
+            np.testing.assert_array_equal(codec.decode(expect, chunk.shape, chunk.dtype), chunk)
+
+
 def test_uncompressed_encode_is_zero_copy(rng):
     chunk = rng.integers(0, 100, (2, 3, 4), dtype=np.uint16)
     out = Codec.create(None, dtype=np.uint16).encode(chunk)

@@ -6,7 +6,8 @@ chunk that lies beyond the slab with zeros, as HDF5 edge chunks and Imaris' padd
 need; ``gather_row`` does the same for a run of chunks of a slab held in parts (the engine's
 slabs), in one call. ``shuffle``/``unshuffle`` implement HDF5's byte-shuffle filter (filter id
 2, ``H5Zshuffle.c``) bit for bit, including its handling of trailing bytes. ``lz4_frame`` writes
-the HDF5-LZ4 frame (filter 32004) of a chunk into a caller's buffer through liblz4;
+the HDF5-LZ4 frame (filter 32004) of a chunk into a caller's buffer through liblz4's
+``LZ4_compress_fast``;
 ``lz4_frames`` shuffles and frames a run of chunks in one call.
 
 All kernels assume validated, C-contiguous input, release the GIL for the copy and have a
@@ -347,7 +348,9 @@ def unshuffle(const uint8_t[::1] src, Py_ssize_t itemsize, uint8_t[::1] out) -> 
 # the HDF5-LZ4 frame written in place
 # ---------------------------------------------------------------------------------------
 
-ctypedef int (*_lz4_compress_t)(const char* src, char* dst, int src_size, int dst_capacity) noexcept nogil
+# liblz4's LZ4_compress_fast (LZ4_compress_default is acceleration 1)
+ctypedef int (*_lz4_compress_t)(const char* src, char* dst, int src_size, int dst_capacity,
+                                int acceleration) noexcept nogil
 
 
 cdef inline void _put_be(uint8_t* p, uint64_t value, int nbytes) noexcept nogil:
@@ -358,9 +361,9 @@ cdef inline void _put_be(uint8_t* p, uint64_t value, int nbytes) noexcept nogil:
 
 @cython.cdivision(True)
 cdef Py_ssize_t _frame(const uint8_t* src, Py_ssize_t n, uint8_t* out, Py_ssize_t cap,
-                       _lz4_compress_t fn) noexcept nogil:
+                       _lz4_compress_t fn, int acceleration) noexcept nogil:
     """One-block HDF5-LZ4 frame of `n` bytes into `out` (`cap` >= the bound); its length."""
-    cdef int c = fn(<const char*>src, <char*>(out + 16), <int>n, <int>(cap - 16))
+    cdef int c = fn(<const char*>src, <char*>(out + 16), <int>n, <int>(cap - 16), acceleration)
     if c <= 0 or c >= n:
         # a block that does not shrink is stored verbatim, as H5Zlz4.c does
         memcpy(out + 16, src, n)
@@ -371,35 +374,39 @@ cdef Py_ssize_t _frame(const uint8_t* src, Py_ssize_t n, uint8_t* out, Py_ssize_
     return 16 + c
 
 
-cdef int _check_frame_args(Py_ssize_t n, Py_ssize_t cap, size_t compress) except -1:
+cdef int _check_frame_args(Py_ssize_t n, Py_ssize_t cap, size_t compress, Py_ssize_t acceleration) except -1:
     if n < 1 or n > 0x7E000000:
         raise ValueError(f"LZ4 frames hold 1..{0x7E000000} bytes in one block, got {n}")
     if cap < 16 + n + n // 255 + 16:
         raise ValueError(f"out holds {cap} bytes, the frame may need {16 + n + n // 255 + 16}")
     if compress == 0:
         raise ValueError("no LZ4 compressor address")
+    if acceleration < 1 or acceleration > 65537:
+        raise ValueError(f"LZ4 acceleration must be in 1..65537, got {acceleration}")
     return 0
 
 
-def lz4_frame(const uint8_t[::1] src, uint8_t[::1] out, size_t compress) -> int:
+def lz4_frame(const uint8_t[::1] src, uint8_t[::1] out, size_t compress, Py_ssize_t acceleration=1) -> int:
     """Encode `src` as one-block HDF5-LZ4 frame (filter 32004) into `out`; return its length.
 
-    `compress` is the address of liblz4's ``LZ4_compress_default`` (resolved once by
-    :mod:`fastims.compression`): the block is compressed straight after the 16-byte header,
-    GIL released, with no intermediate bytes object. A block that does not shrink is stored
-    verbatim, as ``H5Zlz4.c`` does. `out` needs ``16 + n + n // 255 + 16`` bytes.
+    `compress` is the address of liblz4's ``LZ4_compress_fast`` (resolved once by
+    :mod:`fastims.compression`), called with `acceleration` (1 = ``LZ4_compress_default``):
+    the block is compressed straight after the 16-byte header, GIL released, with no
+    intermediate bytes object. A block that does not shrink is stored verbatim, as
+    ``H5Zlz4.c`` does. `out` needs ``16 + n + n // 255 + 16`` bytes.
     """
     cdef Py_ssize_t n = src.shape[0]
     cdef Py_ssize_t cap = out.shape[0]
     cdef Py_ssize_t size
-    _check_frame_args(n, cap, compress)
+    _check_frame_args(n, cap, compress, acceleration)
     with nogil:
-        size = _frame(&src[0], n, &out[0], cap, <_lz4_compress_t>compress)
+        size = _frame(&src[0], n, &out[0], cap, <_lz4_compress_t>compress, <int>acceleration)
     return size
 
 
 def lz4_frames(const uint8_t[::1] src, Py_ssize_t chunk_bytes, Py_ssize_t itemsize, uint8_t[::1] scratch,
-               size_t compress, uint8_t[::1] out, Py_ssize_t stride, int64_t[::1] sizes) -> None:
+               size_t compress, uint8_t[::1] out, Py_ssize_t stride, int64_t[::1] sizes,
+               Py_ssize_t acceleration=1) -> None:
     """HDF5-LZ4 frames of ``len(sizes)`` consecutive chunks, each byte-shuffled first if asked.
 
     One call (GIL released throughout) per row of chunks instead of a shuffle and an
@@ -416,13 +423,15 @@ def lz4_frames(const uint8_t[::1] src, Py_ssize_t chunk_bytes, Py_ssize_t itemsi
     scratch : ndarray of uint8, 1-D
         Room for one shuffled chunk (``chunk_bytes``) when shuffling; unused otherwise.
     compress : int
-        Address of liblz4's ``LZ4_compress_default``.
+        Address of liblz4's ``LZ4_compress_fast``.
     out : ndarray of uint8, 1-D
         Frame ``i`` is written at ``out[i * stride]``; needs ``n * stride`` bytes.
     stride : int
         At least the frame bound ``16 + chunk_bytes + chunk_bytes // 255 + 16``.
     sizes : ndarray of int64, 1-D
         Receives the length of every frame; its length is the number of chunks ``n``.
+    acceleration : int, default 1
+        LZ4 acceleration (1 .. 65537; 1 = ``LZ4_compress_default``).
     """
     cdef Py_ssize_t n = sizes.shape[0], i
     cdef const uint8_t* s
@@ -432,7 +441,7 @@ def lz4_frames(const uint8_t[::1] src, Py_ssize_t chunk_bytes, Py_ssize_t itemsi
     cdef _lz4_compress_t fn = <_lz4_compress_t>compress
     if n == 0:
         return
-    _check_frame_args(chunk_bytes, stride, compress)
+    _check_frame_args(chunk_bytes, stride, compress, acceleration)
     if src.shape[0] < n * chunk_bytes:
         raise ValueError(f"src holds {src.shape[0]} bytes, {n} chunks need {n * chunk_bytes}")
     if out.shape[0] < n * stride:
@@ -449,4 +458,4 @@ def lz4_frames(const uint8_t[::1] src, Py_ssize_t chunk_bytes, Py_ssize_t itemsi
             if tmp != NULL:
                 _shuffle_bytes(s, tmp, chunk_bytes, itemsize, False)
                 s = tmp
-            sizes[i] = _frame(s, chunk_bytes, op + i * stride, stride, fn)
+            sizes[i] = _frame(s, chunk_bytes, op + i * stride, stride, fn, <int>acceleration)

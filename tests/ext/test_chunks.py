@@ -239,6 +239,36 @@ def test_lz4_frame_errors():
             fn(np.zeros(0, np.uint8), np.zeros(64, np.uint8), 1)
         with pytest.raises(ValueError, match="address"):
             fn(np.zeros(10, np.uint8), np.zeros(64, np.uint8), 0)
+        for bad in (0, 65538):
+            with pytest.raises(ValueError, match="acceleration"):
+                fn(np.zeros(10, np.uint8), np.zeros(64, np.uint8), 1, bad)
+
+
+@pytest.mark.parametrize("acceleration", [2, 9])
+def test_lz4_frame_acceleration_reaches_liblz4(acceleration):
+    """Kernel and twin pass the acceleration to LZ4_compress_fast: same bytes, other than at 1."""
+    from fastims.compression import decode_lz4, lz4_compress_address
+    from fastims.synthetic import camera_stack
+
+    address = lz4_compress_address()
+    if address == 0:
+        pytest.skip("no liblz4 LZ4_compress_fast found")
+    data = camera_stack((8, 64, 64), "uint16", seed=5).view(np.uint8).reshape(-1)  # unshuffled
+    n = data.shape[0]
+    stride = 16 + n + n // 255 + 16
+    frames = {}
+    for acc in (1, acceleration):
+        for fn in (ext.lz4_frame, ref.lz4_frame):
+            out = np.zeros(stride, np.uint8)
+            frames.setdefault(acc, set()).add(out[: fn(data, out, address, acc)].tobytes())
+        for fn in (ext.lz4_frames, ref.lz4_frames):
+            out, sizes = np.zeros(stride, np.uint8), np.zeros(1, np.int64)
+            fn(data, n, 1, np.empty(0, np.uint8), address, out, stride, sizes, acc)
+            frames[acc].add(out[: sizes[0]].tobytes())
+    assert len(frames[1]) == len(frames[acceleration]) == 1  # four paths, one result each
+    fast, default = frames[acceleration].pop(), frames[1].pop()
+    assert fast != default and len(fast) > len(default)  # faster search, fewer matches here
+    assert decode_lz4(fast) == decode_lz4(default) == data.tobytes()
 
 
 # -- gather_row: a row of chunks from a slab held in parts ------------------------------------

@@ -148,30 +148,33 @@ def _transpose_bytes(src: np.ndarray, itemsize: int, out: np.ndarray, *, reverse
     out[body:nbytes] = src[body:]
 
 
-def _check_frame_args(n: int, cap: int, compress: int) -> None:
+def _check_frame_args(n: int, cap: int, compress: int, acceleration: int) -> None:
     if n < 1 or n > 0x7E000000:
         raise ValueError(f"LZ4 frames hold 1..{0x7E000000} bytes in one block, got {n}")
     if cap < 16 + n + n // 255 + 16:
         raise ValueError(f"out holds {cap} bytes, the frame may need {16 + n + n // 255 + 16}")
     if compress == 0:
         raise ValueError("no LZ4 compressor address")
+    if acceleration < 1 or acceleration > 65537:
+        raise ValueError(f"LZ4 acceleration must be in 1..65537, got {acceleration}")
 
 
-def lz4_frame(src: np.ndarray, out: np.ndarray, compress: int) -> int:
+def lz4_frame(src: np.ndarray, out: np.ndarray, compress: int, acceleration: int = 1) -> int:
     """Write the one-block HDF5-LZ4 frame of `src` into `out`; return its length.
 
-    The twin calls the same ``LZ4_compress_default`` (address `compress`) through ctypes,
+    The twin calls the same ``LZ4_compress_fast`` (address `compress`) through ctypes,
     into a temporary buffer, and builds the frame with NumPy: it checks the framing, the
     in-place layout and the verbatim fallback. ``out`` needs ``16 + n + n // 255 + 16`` bytes.
     """
     import ctypes
 
     n = src.shape[0]
-    _check_frame_args(n, out.shape[0], compress)
-    fn = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int)(compress)
+    _check_frame_args(n, out.shape[0], compress, acceleration)
+    fn = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_int)(compress)
     data = np.ascontiguousarray(src, dtype=np.uint8)
     tmp = np.empty(out.shape[0] - 16, np.uint8)
-    size = fn(data.ctypes.data, tmp.ctypes.data, n, tmp.shape[0])
+    size = fn(data.ctypes.data, tmp.ctypes.data, n, tmp.shape[0], acceleration)
     block = tmp[:size] if 0 < size < n else data
     header = n.to_bytes(8, "big") + n.to_bytes(4, "big") + len(block).to_bytes(4, "big")
     out[:16] = np.frombuffer(header, np.uint8)
@@ -180,16 +183,17 @@ def lz4_frame(src: np.ndarray, out: np.ndarray, compress: int) -> int:
 
 
 def lz4_frames(src: np.ndarray, chunk_bytes: int, itemsize: int, scratch: np.ndarray, compress: int,
-               out: np.ndarray, stride: int, sizes: np.ndarray) -> None:
+               out: np.ndarray, stride: int, sizes: np.ndarray, acceleration: int = 1) -> None:
     """HDF5-LZ4 frames of ``len(sizes)`` consecutive chunks of `src` at ``out[i * stride]``.
 
     Each chunk is byte-shuffled with `itemsize` first when ``itemsize > 1`` (through
-    `scratch`); ``sizes[i]`` receives the length of frame ``i``.
+    `scratch`); ``sizes[i]`` receives the length of frame ``i``; `acceleration` as in
+    :func:`lz4_frame`.
     """
     n = sizes.shape[0]
     if n == 0:
         return
-    _check_frame_args(chunk_bytes, stride, compress)
+    _check_frame_args(chunk_bytes, stride, compress, acceleration)
     if src.shape[0] < n * chunk_bytes:
         raise ValueError(f"src holds {src.shape[0]} bytes, {n} chunks need {n * chunk_bytes}")
     if out.shape[0] < n * stride:
@@ -201,4 +205,4 @@ def lz4_frames(src: np.ndarray, chunk_bytes: int, itemsize: int, scratch: np.nda
         if itemsize > 1:
             shuffle(data, itemsize, scratch[:chunk_bytes])
             data = scratch[:chunk_bytes]
-        sizes[i] = lz4_frame(data, out[i * stride : (i + 1) * stride], compress)
+        sizes[i] = lz4_frame(data, out[i * stride : (i + 1) * stride], compress, acceleration)
