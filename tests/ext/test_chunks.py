@@ -267,7 +267,7 @@ def test_lz4_frame_acceleration_reaches_liblz4(acceleration):
             frames[acc].add(out[: sizes[0]].tobytes())
     assert len(frames[1]) == len(frames[acceleration]) == 1  # four paths, one result each
     fast, default = frames[acceleration].pop(), frames[1].pop()
-    assert fast != default and len(fast) > len(default)  # faster search, fewer matches here
+    assert fast != default  # the acceleration reached liblz4 (another match search)
     assert decode_lz4(fast) == decode_lz4(default) == data.tobytes()
 
 
