@@ -51,9 +51,9 @@ encoder's *acceleration* (``LZ4_compress_fast``; 1 is ``LZ4_compress_default``, 
 ImarisWriter and the HDF5 filter use). Byte-shuffled chunks are encoded with
 :data:`LZ4_SHUFFLED_ACCELERATION` (2): their low-byte half is noise LZ4 cannot shrink and their
 high-byte half is long runs, so the faster match search loses next to nothing (camera-like
-2048 x 2048 uint16, 8 x 256 x 256 chunks: ratio 1.984 at 1 and 2; the ImarisWriter fixture 1.789
-both; a 64-frame stack writes 4-5 % less CPU per GB). Unshuffled chunks keep acceleration 1:
-there it costs ratio (camera-like uint16 1.448 -> 1.244). ``Codec.create(...,
+2048 x 2048 uint16, 8 x 256 x 256 chunks: ratio 1.984 at 1 and 2 while LZ4 runs ~15 % faster;
+the ImarisWriter fixture 1.789 both; benchmarks/RESULTS.md, sixth session). Unshuffled chunks
+keep acceleration 1: there it costs ratio (camera-like uint16 1.448 -> 1.244). ``Codec.create(...,
 lz4_acceleration=N)`` overrides the choice; ``compression_level`` does not apply to LZ4.
 """
 
