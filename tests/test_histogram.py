@@ -408,6 +408,26 @@ def test_concurrent_updates_equal_serial(dtype: str, rng: np.random.Generator) -
     assert _state(shared) == _state(serial)
 
 
+@pytest.mark.parametrize("dtype", ["uint8", "uint16"])
+def test_busy_histogram_counts_privately_with_reused_zeroed_counts(dtype: str, rng: np.random.Generator) -> None:
+    """Updates that find the lock taken count into kept private counts, zeroed between uses."""
+    top = {"uint8": 256, "uint16": 65536}[dtype]
+    frames = [rng.integers(lo, min(lo + 50, top), size=200_000, dtype=np.uint64).astype(dtype)
+              for lo in (0, top // 2, top - 60, 3)]
+    serial = Histogram(dtype)
+    shared = Histogram(dtype)
+    for f in frames:
+        serial.update(f)
+        shared._lock.acquire()  # busy: the update must take the private path
+        t = threading.Thread(target=shared.update, args=(f,))
+        t.start()
+        t.join(0.2)
+        assert t.is_alive()  # counted privately, now waiting to add under the lock
+        shared._lock.release()
+        t.join()
+    assert _state(shared) == _state(serial)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_reference_twins_give_the_same_histogram(
     dtype: str, monkeypatch: pytest.MonkeyPatch

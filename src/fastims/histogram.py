@@ -243,6 +243,30 @@ class _Binned:
 # --------------------------------------------------------------------------- public class
 
 
+# Zeroed private counts for updates that find the histogram busy, kept between calls: a new
+# 512 KiB np.zeros per update is a fresh mmap (page faults, and an munmap that interrupts the
+# other cores) on every band of a stream.
+_PRIVATE: dict[int, list[np.ndarray]] = {}
+_PRIVATE_LOCK = threading.Lock()
+_PRIVATE_KEEP = 8  # per bin count: about one per thread counting at the same time
+
+
+def _take_private(nbins: int) -> np.ndarray:
+    with _PRIVATE_LOCK:
+        free = _PRIVATE.get(nbins)
+        if free:
+            return free.pop()
+    return np.zeros(nbins, dtype=np.uint64)
+
+
+def _give_private(counts: np.ndarray) -> None:
+    counts.fill(0)
+    with _PRIVATE_LOCK:
+        free = _PRIVATE.setdefault(counts.shape[0], [])
+        if len(free) < _PRIVATE_KEEP:
+            free.append(counts)
+
+
 class Histogram:
     """Thread-safe, mergeable histogram of one frame stream, reducible to Imaris datasets.
 
@@ -342,11 +366,14 @@ class Histogram:
             finally:
                 self._lock.release()
             return
-        local = np.zeros_like(self._counts)
-        fn(x, local)
-        with self._lock:
-            self._counts += local
-            self._count += int(x.size)
+        local = _take_private(self._counts.shape[0])
+        try:
+            fn(x, local)
+            with self._lock:
+                self._counts += local
+                self._count += int(x.size)
+        finally:
+            _give_private(local)
 
     def merge(self, other: Histogram) -> None:
         """Add the counts of `other` into this histogram (in place).

@@ -79,6 +79,40 @@ def test_hist_u16_sub_histogram_path(n: int, rng: np.random.Generator) -> None:
     assert int(got[7] - 2**40) >= n // 2
 
 
+def test_hist_u16_scratch_reused_across_calls_and_threads() -> None:
+    """The kept sub-histograms come back zeroed: every call counts only its own values.
+
+    Consecutive large calls of disjoint value ranges, and threads counting at once (more
+    threads than the free list keeps), each compared with NumPy's bincount.
+    """
+    import threading
+
+    rng = np.random.default_rng(11)
+    arrays = [rng.integers(lo, lo + 500, 200_000, dtype=np.uint16) for lo in (0, 20_000, 60_000, 100)]
+    for a in arrays:  # a scratch left dirty would add the previous call's values here
+        counts = np.zeros(65536, np.uint64)
+        cy.hist_u16(a, counts)
+        np.testing.assert_array_equal(counts, np.bincount(a, minlength=65536))
+    errors: list[BaseException] = []
+
+    def worker(k: int) -> None:
+        try:
+            for i in range(6):
+                a = arrays[(k + i) % len(arrays)]
+                counts = np.zeros(65536, np.uint64)
+                cy.hist_u16(a, counts)
+                np.testing.assert_array_equal(counts, np.bincount(a, minlength=65536))
+        except BaseException as exc:  # reported in the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+
+
 def test_hist_u8_long_input(rng: np.random.Generator) -> None:
     src = rng.integers(0, 256, size=1_000_003, dtype=np.uint8)
     got = np.zeros(256, np.uint64)
