@@ -117,25 +117,40 @@ def test_a_refused_direct_write_falls_back_to_the_page_cache(tmp_path, monkeypat
     assert path.read_bytes() == data.tobytes()
 
 
-def test_full_runs_are_written_in_the_background_in_order(tmp_path, monkeypatch):
-    """A run that the next chunk lies past goes to a helper thread while the next one fills."""
-    import threading
+def _spy_run_writer(monkeypatch, calls: list, *, refuse: bool = False):
+    """Replace the staging module's RunWriter by a subclass recording (offset, bytes) of each run.
 
+    With `refuse`, the helper is never started on a run and wait() answers EINVAL, as a disk
+    refusing a direct write's alignment would.
+    """
     import fastims._staging as staging_mod
 
-    path = tmp_path / "f.bin"
-    f = StagingFile(path, capacity=CAP, threshold=THRESHOLD)
-    threads: list[str] = []
-    real = staging_mod.StagingFile._write_run
+    base = staging_mod.RunWriter
+    if base is None:
+        pytest.skip("fastims._ext._io not built")
 
-    def spy(self, *args):
-        threads.append(threading.current_thread().name)
-        return real(self, *args)
+    class Spy(base):
+        def submit(self, buffer, offset):
+            calls.append((offset, len(buffer)))
+            if refuse:
+                self.refused = True
+                return
+            super().submit(buffer, offset)
 
-    monkeypatch.setattr(staging_mod.StagingFile, "_write_run", spy)
-    rng = np.random.default_rng(7)
+        def wait(self):
+            if getattr(self, "refused", False):
+                self.refused = False
+                raise OSError(errno.EINVAL, "Invalid argument")
+            return super().wait()
+
+    monkeypatch.setattr(staging_mod, "RunWriter", Spy)
+
+
+def _chunks_and_metadata(f: StagingFile, rng: np.random.Generator) -> bytearray:
+    """40 chunks of 20-30 KiB at page boundaries (several per run, many runs), then metadata
+    inside an earlier run and a read of everything; returns the expected file content."""
     model = bytearray()
-    for _ in range(40):  # chunks of 20-30 KiB at page boundaries: several per run, many runs
+    for _ in range(40):
         pos = -(-len(model) // 4096) * 4096
         data = rng.integers(0, 256, int(rng.integers(20_000, 30_000)), dtype=np.uint8)
         f.seek(pos)
@@ -147,30 +162,106 @@ def test_full_runs_are_written_in_the_background_in_order(tmp_path, monkeypatch)
     model[100:104] = b"meta"
     f.seek(0)
     assert f.read(len(model)) == bytes(model)  # reads see every run
+    return model
+
+
+def test_full_runs_are_written_in_the_background_in_order(tmp_path, monkeypatch):
+    """A run that the next chunk lies past goes to the helper thread while the next one fills."""
+    path = tmp_path / "f.bin"
+    calls: list = []
+    _spy_run_writer(monkeypatch, calls)
+    f = StagingFile(path, capacity=CAP, threshold=THRESHOLD)
+    if f.direct_fd < 0:
+        f.close()
+        pytest.skip("this file system refuses O_DIRECT: runs are written synchronously")
+    model = _chunks_and_metadata(f, np.random.default_rng(7))
     f.close()
     assert path.read_bytes() == bytes(model)
-    assert any(name.startswith("fastims-staging") for name in threads)  # some in the background
+    assert len(calls) >= 3  # several runs went to the helper
+    assert [off for off, _ in calls] == sorted(off for off, _ in calls)  # in file order
+    assert all(off % 4096 == 0 and n % 4096 == 0 for off, n in calls)  # whole pages
     assert f._io is None and f._inflight is None
 
 
+def test_a_direct_write_the_helper_reports_refused_is_redone_through_the_page_cache(tmp_path, monkeypatch):
+    path = tmp_path / "f.bin"
+    calls: list = []
+    _spy_run_writer(monkeypatch, calls, refuse=True)
+    f = StagingFile(path, capacity=CAP, threshold=THRESHOLD)
+    if f.direct_fd < 0:
+        f.close()
+        pytest.skip("this file system refuses O_DIRECT")
+    model = _chunks_and_metadata(f, np.random.default_rng(8))
+    f.close()
+    assert len(calls) == 1  # refused once: direct I/O is off from there on
+    assert path.read_bytes() == bytes(model)
+
+
 def test_an_error_of_a_background_write_reaches_the_caller(tmp_path, monkeypatch):
+    """The helper's pwrite error (here EBADF: a read-only descriptor) is raised at the next sync point."""
     import fastims._staging as staging_mod
 
+    if staging_mod.RunWriter is None:
+        pytest.skip("fastims._ext._io not built")
     path = tmp_path / "f.bin"
     f = StagingFile(path, capacity=CAP, threshold=THRESHOLD)
-
-    def fail(self, *args):
-        raise OSError(errno.EIO, "disk gone")
-
-    monkeypatch.setattr(staging_mod.StagingFile, "_write_run", fail)
+    if f.direct_fd < 0:
+        f.close()
+        pytest.skip("this file system refuses O_DIRECT")
+    readonly = os.open(path, os.O_RDONLY)
+    real = staging_mod.RunWriter
+    monkeypatch.setattr(staging_mod, "RunWriter", lambda fd: real(readonly))
     chunk = np.ones(THRESHOLD * 5, np.uint8)
-    with pytest.raises(OSError, match="disk gone"):
-        for k in range(8):  # the first run fails in the background, the next sync point raises
-            f.seek(k * chunk.nbytes)
-            f.write(chunk)
-        f.flush()
-    monkeypatch.undo()
-    f.close()
+    try:
+        with pytest.raises(OSError) as info:
+            for k in range(8):  # the first run fails in the background, the next sync point raises
+                f.seek(k * chunk.nbytes)
+                f.write(chunk)
+            f.flush()
+        assert info.value.errno == errno.EBADF
+        monkeypatch.undo()
+        f.close()
+    finally:
+        os.close(readonly)
+
+
+def test_callbacks_never_wait_for_locks_a_garbage_collecting_thread_may_hold(tmp_path):
+    """HDF5 calls the staging object inside h5py's lock; a thread that frees an h5py object from a
+    reference cycle (the collector runs in any thread) waits for that lock while holding its own
+    -- ThreadPoolExecutor's process-wide lock in submit(), the buffer pool's lock. Chunk writes
+    must go on while other threads hold those (they deadlocked a benchmark run before)."""
+    import concurrent.futures.thread as cft
+    import threading
+
+    path = tmp_path / "locks.h5"
+    f = create_h5(path, libver=("v108", "v108"), alignment_threshold=64 << 10, alignment_interval=4096)
+    ds = f.create_dataset("d", shape=(64, 256, 256), dtype="u2", chunks=(4, 256, 256))
+    rng = np.random.default_rng(5)
+    chunks = [rng.integers(0, 65535, (4, 256, 256), dtype=np.uint16) for _ in range(16)]
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            for i, c in enumerate(chunks):
+                ds.id.write_direct_chunk((4 * i, 0, 0), c.tobytes())
+            f.flush()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    f._fastims_staging.capacity = 1 << 20  # a run per two 512 KiB chunks: many handoffs to the helper
+    t = threading.Thread(target=write)
+    with cft._global_shutdown_lock, engine._POOL._lock:
+        t.start()
+        t.join(30)
+        hung = t.is_alive()
+    t.join()
+    close_h5(f)
+    assert not hung, "a staging callback waited for a lock another thread held"
+    assert not errors, errors
+    with h5py.File(path, "r") as g:
+        d = g["d"][...]
+    for i, c in enumerate(chunks):
+        np.testing.assert_array_equal(d[4 * i : 4 * i + 4], c)
 
 
 def test_truncate_and_bad_arguments(tmp_path):

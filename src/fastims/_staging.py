@@ -25,23 +25,37 @@ the background this object only fills memory: any other file operation (a write 
 staged, a read, flush, truncate, close) first waits for it, and runs reach the file in order;
 its holes are read when it ends, so other descriptors must not write into an ended run's window
 until the object is flushed (in-place chunks never lie there: HDF5 allocates them first).
+
+The methods run inside h5py's global lock (HDF5 calls them), so they never wait for anything a
+thread collecting garbage might hold: freeing an h5py object from a reference cycle takes that
+lock, and the collector runs in whichever thread allocates. The background write is
+:class:`fastims._ext._io.RunWriter`, whose thread never takes the GIL (a Python helper thread,
+or ``ThreadPoolExecutor.submit`` with its process-wide lock, deadlocked the writer that way),
+and staging buffers come from the pool only when its lock is free at once
+(:meth:`fastims.engine.BufferPool.try_take`); they go back at :meth:`StagingFile.close`, which
+h5py does not call.
 """
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
-# the writers' warm buffers: the staging buffer is taken from and given back to them
-from fastims.engine import _POOL, _pwrite_all, open_direct, write_direct
+# the writers' warm buffers: staging buffers are taken from and given back to them
+from fastims.engine import _ALIGN, _POOL, _pwrite_all, open_direct, write_direct
+
+try:
+    from fastims._ext._io import RunWriter
+except ImportError:  # pragma: no cover - the extension is built with the package
+    RunWriter = None
+
+logger = logging.getLogger("fastims")
 
 __all__ = ["StagingFile", "close_h5", "create_h5", "h5_path"]
-
-_ALIGN = 4096
-
 
 class StagingFile:
     """A writable, readable file object for h5py's ``fileobj`` driver (one thread at a time).
@@ -75,8 +89,10 @@ class StagingFile:
         self._used = 0  # end of the staged bytes in the window
         self._holes: list[list[int]] = []  # [a, b) below _used never written through this object
         # a full run is written by a helper thread while the next one fills (at most one in flight)
-        self._io: ThreadPoolExecutor | None = None
-        self._inflight: Future | None = None
+        self._io: Any = None  # RunWriter, started with the first background run
+        self._inflight: tuple | None = None  # (stage, start, used, holes, eof) of that run
+        self._spare: list[np.ndarray] = []  # staging buffers not in use
+        self._pooled: list[np.ndarray] = []  # those taken from the pool, given back at close
 
     # -- the file-object protocol h5py calls -------------------------------------------------
 
@@ -127,7 +143,7 @@ class StagingFile:
         if (self.direct_fd >= 0 and self.threshold <= n <= self.capacity and pos % _ALIGN == 0
                 and pos >= self._size):
             if self._stage is None:
-                self._stage = _POOL.take((self.capacity,), np.uint8)
+                self._stage = self._take_stage()
             self._start, self._used = pos, 0
             self._stage_write(0, view)
         else:
@@ -171,17 +187,31 @@ class StagingFile:
                 self._wait_io()
             finally:
                 if self._io is not None:
-                    self._io.shutdown()
+                    self._io.close()
                     self._io = None
-            if self._stage is not None:
-                _POOL.give(self._stage)
-                self._stage = None
+            self._stage = None
+            self._spare = []
+            for buf in self._pooled:
+                _POOL.give(buf)
+            self._pooled = []
             for fd in (self.fd, self.direct_fd):
                 if fd >= 0:
                     os.close(fd)
             self.fd = self.direct_fd = -1
 
     # -- internals ---------------------------------------------------------------------------
+
+    def _take_stage(self) -> np.ndarray:
+        """A page-aligned staging buffer: a spare one, a warm one from the pool, or a new one."""
+        if self._spare:
+            return self._spare.pop()
+        buf = _POOL.try_take((self.capacity,), np.uint8)  # never waits (module docstring)
+        if buf is not None:
+            self._pooled.append(buf)
+            return buf
+        owner = np.empty(self.capacity + _ALIGN, np.uint8)
+        start = -owner.ctypes.data % _ALIGN
+        return owner[start : start + self.capacity]
 
     def _advance(self, end: int) -> None:
         self._pos = end
@@ -228,32 +258,57 @@ class StagingFile:
             padded = -(-used // _ALIGN) * _ALIGN  # direct I/O writes whole pages
             for a, b in [*holes, [used, padded]]:
                 self._fill_from_file(stage[a:b], start + a)
-        if not background:
+        if not background or self.direct_fd < 0 or RunWriter is None:
             try:
                 self._write_run(stage, start, used, holes)
             finally:
-                _POOL.give(stage)
+                self._spare.append(stage)
             return
         if self._io is None:
-            self._io = ThreadPoolExecutor(1, thread_name_prefix="fastims-staging")
-        self._inflight = self._io.submit(self._write_run, stage, start, used, holes)
-        self._inflight.add_done_callback(lambda _: _POOL.give(stage))
+            self._io = RunWriter(self.direct_fd)
+        padded = -(-used // _ALIGN) * _ALIGN
+        # nothing else touches the file until the run ends (see _wait_io): its size now is the
+        # size the direct write must not be mistaken for
+        self._inflight = (stage, start, used, holes, os.fstat(self.fd).st_size)
+        self._io.submit(stage[:padded], start)
 
     def _wait_io(self) -> None:
-        """Wait for the run being written in the background; re-raise its error."""
+        """Wait for the run being written in the background (GIL released); re-raise its error.
+
+        A direct write the disk refuses (EINVAL) is redone through the page cache here.
+        """
         inflight, self._inflight = self._inflight, None
-        if inflight is not None:
-            inflight.result()
+        if inflight is None:
+            return
+        stage, start, used, holes, eof = inflight
+        try:
+            try:
+                self._io.wait()
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                logger.debug("direct I/O refused (%s); writing through the page cache", exc)
+                self.direct_fd = -1
+                self._write_run(stage, start, used, holes)
+                return
+            self._direct_done(start, used, eof)
+        finally:
+            self._spare.append(stage)
+
+    def _direct_done(self, start: int, used: int, eof: int) -> None:
+        """Account a run written with direct I/O; cut the page's tail that is not part of the file."""
+        padded = -(-used // _ALIGN) * _ALIGN
+        self.direct_bytes += padded
+        if start + padded > max(eof, start + used):
+            os.ftruncate(self.fd, max(eof, start + used))
 
     def _write_run(self, stage: np.ndarray, start: int, used: int, holes: list[list[int]]) -> None:
-        """Write a detached run whose holes are filled (see :meth:`_write_stage`)."""
+        """Write a detached run whose holes are filled (see :meth:`_write_stage`), in this thread."""
         if self.direct_fd >= 0:
             padded = -(-used // _ALIGN) * _ALIGN
             eof = os.fstat(self.fd).st_size
             if write_direct(self.direct_fd, [memoryview(stage[:padded])], start):
-                self.direct_bytes += padded
-                if start + padded > max(eof, start + used):  # the page's tail is not part of the file
-                    os.ftruncate(self.fd, max(eof, start + used))
+                self._direct_done(start, used, eof)
                 return
             self.direct_fd = -1
         # buffered: skip the holes, whose bytes belong to whoever wrote them

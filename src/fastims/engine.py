@@ -162,6 +162,27 @@ class BufferPool:
                 self._starts[id(owner)] = start
         return window[:nbytes].view(dtype).reshape(shape)
 
+    def try_take(self, shape: tuple, dtype: np.dtype) -> np.ndarray | None:
+        """An idle buffer of exactly this size, or None -- also when another thread holds the pool.
+
+        For callers that must not wait for a lock (code running inside h5py's lock, see
+        :mod:`fastims._staging`) and that allocate their own buffer on None.
+        """
+        dtype = np.dtype(dtype)
+        nbytes = math.prod(shape) * dtype.itemsize
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            free = self._free.get(nbytes)
+            if not free:
+                return None
+            window = free.pop()
+            self._bytes -= nbytes
+            self._out += nbytes
+        finally:
+            self._lock.release()
+        return window.view(dtype).reshape(shape)
+
     def give(self, buf: np.ndarray) -> None:
         """Return a buffer from :meth:`take`; it is kept if the footprint stays within `retain_bytes`."""
         owner = buf if buf.base is None else buf.base  # NumPy views point at the owner
