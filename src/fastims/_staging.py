@@ -57,6 +57,7 @@ logger = logging.getLogger("fastims")
 
 __all__ = ["StagingFile", "close_h5", "create_h5", "h5_path"]
 
+
 class StagingFile:
     """A writable, readable file object for h5py's ``fileobj`` driver (one thread at a time).
 
