@@ -98,10 +98,7 @@ def test_bytes_written_by_another_descriptor_inside_a_staged_window_survive(tmp_
 
 def test_a_refused_direct_write_falls_back_to_the_page_cache(tmp_path, monkeypatch):
     path = tmp_path / "f.bin"
-    f = StagingFile(path, capacity=CAP, threshold=THRESHOLD)
-    if f.direct_fd < 0:
-        f.close()
-        pytest.skip("this file system refuses O_DIRECT")
+    f = _direct_staging(path)
     real = engine._pwrite_all
 
     def refuse(fd, view, offset):
@@ -115,6 +112,15 @@ def test_a_refused_direct_write_falls_back_to_the_page_cache(tmp_path, monkeypat
     f.close()
     assert f.direct_bytes == 0
     assert path.read_bytes() == data.tobytes()
+
+
+def _direct_staging(path) -> StagingFile:
+    """A StagingFile with direct I/O (background runs need it), or the test is skipped."""
+    f = StagingFile(path, capacity=CAP, threshold=THRESHOLD)
+    if f.direct_fd < 0:
+        f.close()
+        pytest.skip("this file system refuses O_DIRECT: runs are written synchronously")
+    return f
 
 
 def _spy_run_writer(monkeypatch, calls: list, *, refuse: bool = False):
@@ -170,10 +176,7 @@ def test_full_runs_are_written_in_the_background_in_order(tmp_path, monkeypatch)
     path = tmp_path / "f.bin"
     calls: list = []
     _spy_run_writer(monkeypatch, calls)
-    f = StagingFile(path, capacity=CAP, threshold=THRESHOLD)
-    if f.direct_fd < 0:
-        f.close()
-        pytest.skip("this file system refuses O_DIRECT: runs are written synchronously")
+    f = _direct_staging(path)
     model = _chunks_and_metadata(f, np.random.default_rng(7))
     f.close()
     assert path.read_bytes() == bytes(model)
@@ -187,10 +190,7 @@ def test_a_direct_write_the_helper_reports_refused_is_redone_through_the_page_ca
     path = tmp_path / "f.bin"
     calls: list = []
     _spy_run_writer(monkeypatch, calls, refuse=True)
-    f = StagingFile(path, capacity=CAP, threshold=THRESHOLD)
-    if f.direct_fd < 0:
-        f.close()
-        pytest.skip("this file system refuses O_DIRECT")
+    f = _direct_staging(path)
     model = _chunks_and_metadata(f, np.random.default_rng(8))
     f.close()
     assert len(calls) == 1  # refused once: direct I/O is off from there on
@@ -204,10 +204,7 @@ def test_an_error_of_a_background_write_reaches_the_caller(tmp_path, monkeypatch
     if staging_mod.RunWriter is None:
         pytest.skip("fastims._ext._io not built")
     path = tmp_path / "f.bin"
-    f = StagingFile(path, capacity=CAP, threshold=THRESHOLD)
-    if f.direct_fd < 0:
-        f.close()
-        pytest.skip("this file system refuses O_DIRECT")
+    f = _direct_staging(path)
     readonly = os.open(path, os.O_RDONLY)
     real = staging_mod.RunWriter
     monkeypatch.setattr(staging_mod, "RunWriter", lambda fd: real(readonly))
