@@ -38,22 +38,26 @@ h5py does not call.
 
 from __future__ import annotations
 
-import errno
-import logging
 import os
 from typing import Any
 
 import numpy as np
 
 # the writers' warm buffers: staging buffers are taken from and given back to them
-from fastims.engine import _ALIGN, _POOL, _pwrite_all, open_direct, write_direct
+from fastims.engine import (
+    _ALIGN,
+    _POOL,
+    _pwrite_all,
+    aligned_empty,
+    direct_refused,
+    open_direct,
+    write_direct,
+)
 
 try:
     from fastims._ext._io import RunWriter
 except ImportError:  # pragma: no cover - the extension is built with the package
     RunWriter = None
-
-logger = logging.getLogger("fastims")
 
 __all__ = ["StagingFile", "close_h5", "create_h5", "h5_path"]
 
@@ -210,9 +214,7 @@ class StagingFile:
         if buf is not None:
             self._pooled.append(buf)
             return buf
-        owner = np.empty(self.capacity + _ALIGN, np.uint8)
-        start = -owner.ctypes.data % _ALIGN
-        return owner[start : start + self.capacity]
+        return aligned_empty(self.capacity)
 
     def _advance(self, end: int) -> None:
         self._pos = end
@@ -286,9 +288,8 @@ class StagingFile:
             try:
                 self._io.wait()
             except OSError as exc:
-                if exc.errno != errno.EINVAL:
+                if not direct_refused(exc):
                     raise
-                logger.debug("direct I/O refused (%s); writing through the page cache", exc)
                 self.direct_fd = -1
                 self._write_run(stage, start, used, holes)
                 return

@@ -155,11 +155,10 @@ class BufferPool:
                 self._evict(self._bytes + self._out + nbytes - self.retain_bytes)
             self._out += nbytes if window is None else window.nbytes
         if window is None:
-            owner = np.empty(nbytes + _ALIGN, dtype=np.uint8)
-            start = -owner.ctypes.data % _ALIGN  # the first page boundary inside `owner`
-            window = owner[start : start + nbytes]
+            window = aligned_empty(nbytes)
+            owner = window.base
             with self._lock:
-                self._starts[id(owner)] = start
+                self._starts[id(owner)] = window.ctypes.data - owner.ctypes.data
         return window[:nbytes].view(dtype).reshape(shape)
 
     def try_take(self, shape: tuple, dtype: np.dtype) -> np.ndarray | None:
@@ -217,6 +216,16 @@ class BufferPool:
 
 
 _ALIGN = 4096
+
+
+def aligned_empty(nbytes: int) -> np.ndarray:
+    """`nbytes` of uninitialised uint8 starting on a page boundary (direct I/O needs that).
+
+    A window into an owner ``_ALIGN`` bytes longer; ``window.base`` is the owner.
+    """
+    owner = np.empty(nbytes + _ALIGN, dtype=np.uint8)
+    start = -owner.ctypes.data % _ALIGN  # the first page boundary inside `owner`
+    return owner[start : start + nbytes]
 
 
 #: buffers the pool keeps beyond an engine's budget (child slabs and rows for direct writes
@@ -1274,10 +1283,17 @@ def write_direct(fd: int, buffers: list[Any], offset: int) -> bool:
     try:
         _pwrite_all(fd, buffers, offset)
     except OSError as exc:
-        if exc.errno != errno.EINVAL:
+        if not direct_refused(exc):
             raise
-        logger.debug("direct I/O refused (%s); writing through the page cache", exc)
         return False
+    return True
+
+
+def direct_refused(exc: OSError) -> bool:
+    """True (and logged) if `exc` is the disk refusing a direct write's alignment (EINVAL)."""
+    if exc.errno != errno.EINVAL:
+        return False
+    logger.debug("direct I/O refused (%s); writing through the page cache", exc)
     return True
 
 
