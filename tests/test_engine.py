@@ -68,6 +68,73 @@ def test_buffer_pool_miss_evicts_idle_buffers_to_stay_within_retain():
     assert pool.idle_bytes == 2500  # kept: the footprint is back within retain
 
 
+def test_aligned_empty_is_a_page_aligned_mapping_of_its_own():
+    import mmap
+
+    from fastims.engine import aligned_empty
+
+    for nbytes in (0, 1, 5000, 3 << 20):  # 3 MiB: advised for huge pages where offered
+        buf = aligned_empty(nbytes)
+        assert buf.dtype == np.uint8 and buf.shape == (nbytes,) and buf.flags.writeable
+        assert buf.ctypes.data % 4096 == 0 and not buf.any()
+        # its own mapping, not malloc's heap: unmapped when the array goes
+        assert isinstance(buf.base, memoryview) and isinstance(buf.base.obj, mmap.mmap)
+
+
+def test_buffer_pool_preallocate_holds_warm_buffers_within_a_limit():
+    pool = BufferPool(retain_bytes=0)
+    assert pool.preallocate({8192: 3, 4096: 2}, limit=1 << 20) == 3 * 8192 + 2 * 4096
+    assert pool.idle_bytes == 3 * 8192 + 2 * 4096 and pool.retain_bytes >= pool.idle_bytes
+    assert pool.preallocate({8192: 3, 4096: 1}, limit=1 << 20) == 0  # already held
+    taken = [pool.take((4096,), np.uint16) for _ in range(3)]  # 8192 bytes each: no miss
+    assert pool.misses == 0
+    for buf in taken:
+        pool.give(buf)
+    assert pool.idle_bytes == 3 * 8192 + 2 * 4096  # kept: within the raised retain
+    # what would pass the limit is not allocated
+    assert pool.preallocate({65536: 4}, limit=pool.idle_bytes + 2 * 65536) == 2 * 65536
+    pool.clear()
+
+
+@pytest.mark.parametrize("compression,shuffle", [(None, False), ("lz4", True)])
+def test_preallocated_stream_takes_no_fresh_slab(tmp_path, monkeypatch, compression, shuffle):
+    """After ImsWriter preallocates, level-0 parts and lower slabs of its stream all come warm."""
+    import sys
+
+    import h5py
+
+    import fastims
+    from fastims.engine import _POOL, _level0_parts, _slab_bytes, release_buffers
+    from fastims.synthetic import camera_stack
+
+    release_buffers()
+    data = camera_stack((96, 512, 512), "uint16", seed=2)
+    misses: list[int] = []
+    take = BufferPool.take
+
+    def spy(self, shape, dtype):
+        before = self.misses
+        buf = take(self, shape, dtype)
+        if self.misses > before and sys._getframe(1).f_code.co_name == "_acquire":  # slabs, not I/O rows
+            misses.append(buf.nbytes)
+        return buf
+
+    path = tmp_path / "pre.ims"
+    with fastims.ImsWriter(path, shape=(1, 1, *data.shape), dtype=data.dtype, compression=compression,
+                           shuffle=shuffle, memory_limit=16 << 20, max_workers=2) as w:
+        specs, engine = w._specs, w._engine
+        g, bands = _level0_parts(specs, 2, engine)
+        slabs = {g * (r1 - r0) * 512 * 2 for r0, r1 in bands} | {_slab_bytes(s, np.dtype("uint16")) for s in specs[1:]}
+        assert all(_POOL._free.get(size) for size in slabs)  # faulted in at open
+        monkeypatch.setattr(BufferPool, "take", spy)
+        for z in range(data.shape[0]):
+            w.write_plane(data[z], z=z)
+    assert not slabs & set(misses), f"fresh buffers of slab sizes: {sorted(misses)}"
+    with h5py.File(path, "r") as f:
+        np.testing.assert_array_equal(f["DataSet/ResolutionLevel 0/TimePoint 0/Channel 0/Data"][:96], data)
+    release_buffers()
+
+
 def _deep_levels():
     return [LevelSpec((64, 512, 512), (32, 128, 128)), LevelSpec((32, 256, 256), (32, 128, 128), 0, (2, 2, 2))]
 
