@@ -6,8 +6,12 @@ default memory budget, and the file is fsync'd before the peak is read; one unme
 child's ``VmHWM`` (high-water resident set of its own address space), not ``ru_maxrss``: Linux
 carries the parent's high-water mark into ``ru_maxrss`` across fork/vfork + exec, so a child
 started by a big pytest process reports at least the parent's peak (e.g. 1766 MiB for every
-run after the competitor benchmarks) and growth is masked. The 1024-frame peak must stay within 64 MiB of the 128-frame peak: the
-writers hold a bounded number of slabs and queued chunks (back-pressure), never the stack.
+run after the competitor benchmarks) and growth is masked. The 1024-frame peak must stay within
+64 MiB of the 128-frame peak: the writers hold a bounded number of slabs and queued chunks
+(back-pressure), never the stack. The .ims writer faults in the buffers its budget allows when
+it opens (``Engine.preallocate``), so a short stack peaks where a long one does instead of
+wherever its frames got ahead of the pipeline (before: 1 106-1 330 MiB for 128 frames against
+1 213-1 294 for 1 024).
 
 Cases: ``.ims`` with shuffle+LZ4 (the compressed-chunk queue path) and BDV uncompressed (the
 in-place ``pwritev`` path). ``extra_info`` holds both peaks in MiB, their difference and the
@@ -79,10 +83,9 @@ def test_peak_rss_flat_in_z(benchmark, tmp_path, fmt):
     result: dict[int, dict] = {}
 
     def run() -> None:
-        # warm-up: an unmeasured run first, as every other benchmark has. This VM hands freed
-        # memory back to its host; a child started on cold host memory faults its pages in at
-        # ~0.5 GB/s, its frames then arrive no faster than the pipeline drains them, and the
-        # short stack's peak comes out 100-170 MiB low (seen: 1106-1131 vs 1236-1274 MiB).
+        # warm-up: an unmeasured run first, as every other benchmark has (this VM hands freed
+        # memory back to its host; before the .ims writer preallocated, a child started on cold
+        # host memory fed its frames slower and its short stack peaked 100-170 MiB low)
         _peak(fmt, SMALL, tmp_path)
         result[SMALL] = _peak(fmt, SMALL, tmp_path)
         result[LARGE] = _peak(fmt, LARGE, tmp_path)

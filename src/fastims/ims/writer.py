@@ -80,7 +80,10 @@ class ImsWriter(EngineWriter):
         Bytes of slabs (images being assembled and encoded) before `write_plane` blocks
         (back-pressure). Default: 512 MiB (1/8 of RAM if less), raised to hold one slab per
         level of the images written together; the flat default keeps peak memory independent
-        of the stack depth.
+        of the stack depth. The writer faults in the buffers this budget allows one image
+        (plus two slabs per lower level and the queue of encoded chunks) when it opens, so
+        no frame pays for fresh pages and the peak does not depend on the timing; they stay
+        in a process-wide pool for the next writer (:func:`fastims.engine.release_buffers`).
     overwrite : bool
         Replace an existing file; otherwise an existing `path` raises FileExistsError.
     allow_incomplete : bool
