@@ -115,3 +115,45 @@ def test_bench_cli(tmp_path, capsys):
     assert "recommended" in text or "no setting sustains" in text
     assert (out / "bench.json").stat().st_size > 0
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+_UNCLOSED = """
+import sys
+import numpy as np
+import fastims
+fmt, path = sys.argv[1], sys.argv[2]
+data = np.arange(24 * 64 * 96, dtype=np.uint16).reshape(24, 64, 96)
+if fmt == "ims":
+    w = fastims.ImsWriter(path, shape=(1, 1, 24, 64, 96), dtype="uint16", compression="lz4", shuffle=True)
+else:
+    w = fastims.BdvWriter(path, compression="gzip")
+    w.add_view(shape=(24, 64, 96), dtype="uint16")
+for z in range(10):  # planes 10..23 never written, and no close(): the program just ends
+    w.write_plane(data[z], z=z)
+print("exiting")
+"""
+
+
+@pytest.mark.parametrize("fmt", ["ims", "bdv"])
+def test_a_writer_left_open_is_finished_at_exit(tmp_path, fmt):
+    """HDF5's own exit handler used to close such files after Python was gone: a segfault
+    (exit status -11) and a file without metadata. Now the writer is finished as close() would."""
+    path = tmp_path / ("open.ims" if fmt == "ims" else "open.xml")
+    run = subprocess.run([sys.executable, "-c", _UNCLOSED, fmt, str(path)], capture_output=True, text=True, check=False,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "was not closed: finishing it at interpreter exit" in run.stderr
+    data = np.arange(24 * 64 * 96, dtype=np.uint16).reshape(24, 64, 96)
+    expect = data.copy()
+    expect[10:] = 0  # never written: zero-filled, and said so in the file
+    if fmt == "ims":
+        import hdf5plugin  # noqa: F401 - h5py decodes LZ4 through it
+
+        with h5py.File(path, "r") as f:
+            np.testing.assert_array_equal(f["DataSet/ResolutionLevel 0/TimePoint 0/Channel 0/Data"][:24, :64, :96],
+                                          expect)
+            log = f["DataSetInfo/Log"].attrs["Entry0"].tobytes().decode()
+            assert "incomplete: t=0 c=0 z=10-23 zero-filled" in log
+    else:
+        with fastims.BdvReader(path) as r:
+            np.testing.assert_array_equal(r.asarray(), expect)

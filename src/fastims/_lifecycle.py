@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
+import concurrent.futures.thread  # noqa: F401 - registers its exit hook before ours (see below)
 import logging
+import threading
 from typing import Any
 
 from fastims.errors import WriterStateError
@@ -10,6 +13,45 @@ from fastims.errors import WriterStateError
 logger = logging.getLogger("fastims")
 
 __all__ = ["EngineWriter"]
+
+# writers whose files are open, finished at interpreter exit if the program did not close
+# them (held strongly: a writer dropped unclosed still has its data in flight)
+_OPEN: set[EngineWriter] = set()
+
+
+def _close_open_writers() -> None:
+    """Interpreter exit: finish the writers a program left open, as ``close()`` would.
+
+    Otherwise HDF5's own exit handler closes their files after Python has gone, and its
+    flush calls back into h5py's file-object driver: the process dies of a segfault and the
+    file is left without its metadata. Missing planes are zero-filled and named in the file's
+    log, as ``close()`` does.
+    """
+    for writer in list(_OPEN):
+        if writer._closed:
+            continue
+        logger.warning("%s was not closed: finishing it at interpreter exit", writer._label)
+        try:
+            writer._close(raising=False)
+        except Exception:  # keep finishing the others
+            logger.exception("finishing %s at interpreter exit failed", writer._label)
+
+
+def _register_exit_hook() -> None:
+    # threading's exit hooks run before the worker pools are joined (concurrent.futures
+    # registers its own at import, above, and they run last-registered first), so the engine
+    # can still encode; atexit's run only after the pools refuse new work
+    register = getattr(threading, "_register_atexit", None)
+    if register is not None:
+        try:
+            register(_close_open_writers)
+            return
+        except RuntimeError:  # pragma: no cover - imported while the interpreter shuts down
+            pass
+    atexit.register(_close_open_writers)  # pragma: no cover - other Python implementations
+
+
+_register_exit_hook()
 
 
 class EngineWriter:
@@ -23,6 +65,10 @@ class EngineWriter:
     _engine: Any
     _closed: bool
     _label: Any
+
+    def _opened(self) -> None:
+        """Called by subclasses once their files are open: finished at exit if never closed."""
+        _OPEN.add(self)
 
     def _finish(self) -> BaseException | None:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -41,6 +87,7 @@ class EngineWriter:
             error = exc
         finally:
             self._closed = True
+            _OPEN.discard(self)
             try:
                 self._engine.call(self._close_files)
             except BaseException as exc:  # keep the first error

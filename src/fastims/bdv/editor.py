@@ -146,6 +146,7 @@ class BdvEditor(_ViewStreamer):
         except BaseException:
             self._engine.close()
             raise
+        self._opened()
         typed_file = info["typed"]
         self.dtype_mode = dtype_mode if dtype_mode is not None else ("typed" if typed_file else "legacy")
         if self.dtype_mode not in ("legacy", "typed"):

@@ -92,6 +92,11 @@ def _release_refs(refs: Sequence[DatasetRef]) -> None:
         ref.id = None
 
 
+def _level_specs(setup: _Setup) -> list[LevelSpec]:
+    """The engine's description of a setup's pyramid."""
+    return [LevelSpec(lv.shape, lv.chunks, lv.source, lv.relative) for lv in setup.levels]
+
+
 class _Finished:
     """Stands in for the engine stream of a complete view (keeps long time series small)."""
 
@@ -342,9 +347,15 @@ class _ViewStreamer(EngineWriter):
             else:  # created by a write before its declaration: adopt the declaration
                 view.explicit = True
                 view.affine = user_affine
-            if sid not in self._setups:
+            new = sid not in self._setups
+            if new:
                 self._setups[sid] = setup
                 self._setup_declared(setup)
+        if new:  # the buffers its streams hold are faulted in now, not by the first frames
+            try:
+                self._engine.preallocate(_level_specs(setup), setup.stream_dtype, setup.codec)
+            except (MemoryError, OSError) as exc:  # the frames will take what they can get
+                logger.warning("could not preallocate the writer's buffers: %s", exc)
 
     def write_plane(
         self,
@@ -528,7 +539,7 @@ class _ViewStreamer(EngineWriter):
         with self._lock:
             if view.stream is None:
                 setup = view.setup
-                specs = [LevelSpec(lv.shape, lv.chunks, lv.source, lv.relative) for lv in setup.levels]
+                specs = _level_specs(setup)
                 raw = setup.codec.compression is None and RawTarget.SUPPORTED
                 refs = [DatasetRef(RawTarget() if raw else None) for _ in specs]
                 # FIFO: the writer thread creates the datasets before it stores any chunk
@@ -755,6 +766,7 @@ class BdvWriter(_ViewStreamer):
         except BaseException:
             self._engine.close()
             raise
+        self._opened()
         if self.xml_path.exists():
             # a stale XML would describe another file; the new one is written at close
             self.xml_path.unlink()

@@ -191,6 +191,7 @@ class ImsWriter(EngineWriter):
         except BaseException:
             self._engine.close()
             raise
+        self._opened()
         # the buffers a stream holds are faulted in now, not by the first frames
         try:
             self._engine.preallocate(self._specs, self.dtype, self.codec)
