@@ -157,3 +157,31 @@ def test_a_writer_left_open_is_finished_at_exit(tmp_path, fmt):
     else:
         with fastims.BdvReader(path) as r:
             np.testing.assert_array_equal(r.asarray(), expect)
+
+
+_FORKED = """
+import os, sys
+import numpy as np
+import fastims
+w = fastims.ImsWriter(sys.argv[1], shape=(1, 1, 8, 64, 64), dtype="uint16", compression=None)
+pid = os.fork()
+if pid == 0:
+    sys.exit(0)  # a normal exit runs the exit hooks, with none of the writer's threads here
+os.waitpid(pid, 0)
+for z in range(8):
+    w.write_plane(np.full((64, 64), z, np.uint16), z=z)
+w.close()
+print("parent closed")
+"""
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="os.fork: POSIX only")
+def test_a_forked_child_leaves_the_parents_writer_alone(tmp_path):
+    path = tmp_path / "fork.ims"
+    run = subprocess.run([sys.executable, "-c", _FORKED, str(path)], capture_output=True, text=True, check=False,
+                         timeout=120)
+    assert run.returncode == 0 and "parent closed" in run.stdout, run.stderr
+    assert "was not closed" not in run.stderr
+    with h5py.File(path, "r") as f:
+        data = f["DataSet/ResolutionLevel 0/TimePoint 0/Channel 0/Data"][:8, :64, :64]
+    np.testing.assert_array_equal(data[:, 0, 0], np.arange(8))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import concurrent.futures.thread  # noqa: F401 - registers its exit hook before ours (see below)
 import logging
+import os
 import threading
 from typing import Any
 
@@ -28,7 +29,7 @@ def _close_open_writers() -> None:
     log, as ``close()`` does.
     """
     for writer in list(_OPEN):
-        if writer._closed:
+        if writer._closed or writer._opened_by != os.getpid():  # a forked child has no engine threads
             continue
         logger.warning("%s was not closed: finishing it at interpreter exit", writer._label)
         try:
@@ -65,9 +66,11 @@ class EngineWriter:
     _engine: Any
     _closed: bool
     _label: Any
+    _opened_by = -1  # pid of the process whose engine threads serve the writer
 
     def _opened(self) -> None:
         """Called by subclasses once their files are open: finished at exit if never closed."""
+        self._opened_by = os.getpid()
         _OPEN.add(self)
 
     def _finish(self) -> BaseException | None:  # pragma: no cover - abstract
