@@ -178,19 +178,20 @@ class BufferPool:
             self._lock.release()
         return buf[:].view(dtype).reshape(shape)
 
-    def preallocate(self, counts: Mapping[int, int], limit: int) -> int:
+    def preallocate(self, counts: Mapping[int, int], limit: int, headroom: int = 0) -> int:
         """Hold at least ``counts[nbytes]`` idle buffers of each size, their pages touched now.
 
         What is missing is allocated and written once per page, so the page faults are paid
         here instead of by the frames that would take these buffers; the pool keeps them
-        (`retain_bytes` grows as needed, up to `limit`). Returns the bytes allocated.
+        (`retain_bytes` grows as needed, up to `limit`), with `headroom` bytes more for the
+        sizes the plan leaves out. Returns the bytes allocated.
         """
         with self._lock:
             need = {size: n - len(self._free.get(size, ())) for size, n in counts.items()}
             need = {size: n for size, n in sorted(need.items()) if n > 0 and size > 0}
             total = sum(size * n for size, n in need.items())
             held = sum(size * len(self._free.get(size, ())) for size in counts)  # idle, of the plan's sizes
-            self.retain_bytes = max(self.retain_bytes, min(self._out + held + total, limit))
+            self.retain_bytes = max(self.retain_bytes, min(self._out + held + total + headroom, limit))
             # idle buffers of other sizes (an earlier writer's layout) make room first, as a
             # miss in take does: the footprint stays within retain_bytes
             self._evict(self._bytes + self._out + total - self.retain_bytes, keep=counts)
@@ -922,7 +923,9 @@ class Engine:
             size = 0
         if size:  # the queue's bound, but no more than the level-0 parts (a small budget)
             add(size, min(rows, max(1, min(self.IO_BYTES, held * part_bytes) // size)))
-        return _POOL.preallocate(counts, _ram_bytes() // 4)
+        # the headroom keeps what the plan leaves out (lower levels' payloads, a third slab)
+        # from evicting planned buffers: every eviction is a fresh mapping to fault in again
+        return _POOL.preallocate(counts, _ram_bytes() // 4, _POOL_HEADROOM)
 
     def write(self, stream: Stream, z0: int, block: np.ndarray) -> None:
         """Copy planes ``block[i]`` to plane ``z0 + i`` of level 0; complete slabs start their tasks.
