@@ -882,7 +882,7 @@ class Engine:
         slabs per lower level (one filling while the last one is encoded) and the payloads the
         I/O queue holds. Frames then land on warm pages from the first one -- fresh pages
         fault in at ~0.5 GB/s on VMs that hand freed memory back to their host -- and peak
-        memory is the budget whatever the stack's length or the machine's timing. The pool
+        memory does not depend on the stack's length or the machine's timing. The pool
         keeps the buffers for the process's next writer (see :func:`release_buffers`).
         Returns the bytes allocated (0 when the pool already holds them).
         """
