@@ -93,6 +93,12 @@ class ImsWriter(EngineWriter):
     origin : tuple of float
         (z, y, x) position of the outer corner of the first voxel (``ExtMin``).
 
+    Notes
+    -----
+    A writer the program never closes is finished at interpreter exit as :meth:`close`
+    would (with a warning): frames already handed over are stored, missing planes are
+    zero-filled and named in ``DataSetInfo/Log``.
+
     Examples
     --------
     >>> import numpy as np, tempfile, os
