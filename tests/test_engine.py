@@ -553,3 +553,33 @@ def test_observers_need_an_existing_level():
                                rule="imaris", observers={2: print})
     finally:
         engine.close()
+
+
+_CURRENT_FRAMES = """
+import gc, sys
+from fastims.engine import Engine
+engines = []
+for _ in range(20):
+    e = Engine(max_workers=1)
+    e._scratch("x", 16)
+    e.close()
+    e.cycle = e  # garbage that only the collector frees
+    engines.append(e)
+del engines, e
+gc.set_threshold(1)  # a collection at (almost) every allocation, also inside _current_frames
+for _ in range(50):
+    sys._current_frames()  # what dask's profiler calls every 10 ms
+print("ok")
+"""
+
+
+def test_engine_garbage_collected_inside_current_frames_does_not_hang():
+    """CPython 3.11: sys._current_frames() holds the thread-list lock while it allocates; a
+    collection there that freed an engine's threading.local took the lock again, and the
+    process hung (a dask worker did). Engines keep per-thread scratch without threading.local."""
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", _CURRENT_FRAMES], capture_output=True, text=True, check=False,
+                         timeout=60)
+    assert run.returncode == 0 and "ok" in run.stdout, run.stderr

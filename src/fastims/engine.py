@@ -555,7 +555,11 @@ class Engine:
         self._reserve = 0  # budget kept for one lower-level slab per level of the open streams
         self._lower = 0  # bytes of lower-level slabs held now
         self._error: BaseException | None = None
-        self._local = threading.local()
+        # per-thread scratch, by thread id. Not threading.local: on CPython 3.11 a garbage
+        # collection run inside sys._current_frames() (which holds the interpreter's thread-list
+        # lock; dask's profiler calls it every 10 ms) that frees a threading.local takes the
+        # same lock again and the whole process hangs (seen in a dask worker).
+        self._scratch_bufs: dict[int, dict[str, np.ndarray]] = {}
         self._closed = False
         self._aborted = False
         self._writeback_fd = -1
@@ -754,7 +758,7 @@ class Engine:
         One buffer per name, replaced only by a larger one: the levels' different chunk
         shapes share it, so a thread's scratch does not grow with the number of levels.
         """
-        store = self._local.__dict__.setdefault("scratch", {})
+        store = self._scratch_bufs.setdefault(threading.get_ident(), {})
         buf = store.get(name)
         if buf is None or buf.shape[0] < nbytes:
             buf = store[name] = np.empty(nbytes, dtype=np.uint8)
@@ -794,6 +798,7 @@ class Engine:
         self._queue.put(None)
         self._writer.join()
         self._pool.shutdown(wait=True)
+        self._scratch_bufs.clear()  # the threads that used them are gone
 
     # -- streams -----------------------------------------------------------------------------
 
