@@ -62,6 +62,11 @@ except ImportError:  # pragma: no cover - the extension is built with the packag
 __all__ = ["StagingFile", "close_h5", "create_h5", "h5_path"]
 
 
+def _pages(nbytes: int) -> int:
+    """`nbytes` rounded up to whole pages (direct I/O writes whole pages)."""
+    return -(-nbytes // _ALIGN) * _ALIGN
+
+
 class StagingFile:
     """A writable, readable file object for h5py's ``fileobj`` driver (one thread at a time).
 
@@ -144,7 +149,7 @@ class StagingFile:
                 return n
             if pos + n > start:  # overlaps the window, or lies beyond it: the run ends here
                 # a write past the run's last page touches nothing it writes: write it meanwhile
-                self._write_stage(background=pos >= start + -(-self._used // _ALIGN) * _ALIGN)
+                self._write_stage(background=pos >= start + _pages(self._used))
         if (self.direct_fd >= 0 and self.threshold <= n <= self.capacity and pos % _ALIGN == 0
                 and pos >= self._size):
             if self._stage is None:
@@ -258,7 +263,7 @@ class StagingFile:
         if self.direct_fd >= 0:
             # the window's bytes nobody wrote through this object, read now (before a
             # background write), so what other descriptors wrote there until now survives
-            padded = -(-used // _ALIGN) * _ALIGN  # direct I/O writes whole pages
+            padded = _pages(used)
             for a, b in [*holes, [used, padded]]:
                 self._fill_from_file(stage[a:b], start + a)
         if not background or self.direct_fd < 0 or RunWriter is None:
@@ -269,7 +274,7 @@ class StagingFile:
             return
         if self._io is None:
             self._io = RunWriter(self.direct_fd)
-        padded = -(-used // _ALIGN) * _ALIGN
+        padded = _pages(used)
         # nothing else touches the file until the run ends (see _wait_io): its size now is the
         # size the direct write must not be mistaken for
         self._inflight = (stage, start, used, holes, os.fstat(self.fd).st_size)
@@ -299,7 +304,7 @@ class StagingFile:
 
     def _direct_done(self, start: int, used: int, eof: int) -> None:
         """Account a run written with direct I/O; cut the page's tail that is not part of the file."""
-        padded = -(-used // _ALIGN) * _ALIGN
+        padded = _pages(used)
         self.direct_bytes += padded
         if start + padded > max(eof, start + used):
             os.ftruncate(self.fd, max(eof, start + used))
@@ -307,7 +312,7 @@ class StagingFile:
     def _write_run(self, stage: np.ndarray, start: int, used: int, holes: list[list[int]]) -> None:
         """Write a detached run whose holes are filled (see :meth:`_write_stage`), in this thread."""
         if self.direct_fd >= 0:
-            padded = -(-used // _ALIGN) * _ALIGN
+            padded = _pages(used)
             eof = os.fstat(self.fd).st_size
             if write_direct(self.direct_fd, [memoryview(stage[:padded])], start):
                 self._direct_done(start, used, eof)

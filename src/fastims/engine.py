@@ -889,9 +889,17 @@ class Engine:
         fault in at ~0.5 GB/s on VMs that hand freed memory back to their host -- and peak
         memory does not depend on the stack's length or the machine's timing. The pool
         keeps the buffers for the process's next writer (see :func:`release_buffers`).
-        Returns the bytes allocated (0 when the pool already holds them).
+        Returns the bytes allocated (0 when the pool already holds them, or when the system
+        refuses the memory: logged, and the frames then take what they can get).
         """
-        dtype = np.dtype(dtype)
+        try:
+            return self._preallocate(levels, np.dtype(dtype), codec)
+        except (MemoryError, OSError) as exc:
+            logger.warning("could not preallocate the writer's buffers: %s", exc)
+            return 0
+
+    def _preallocate(self, levels: Sequence[LevelSpec], dtype: np.dtype, codec: Codec) -> int:
+        """The plan of :meth:`preallocate`, handed to the pool."""
         itemsize = dtype.itemsize
         spec0 = levels[0]
         g, band_rows = _level0_parts(levels, itemsize, self)

@@ -352,10 +352,7 @@ class _ViewStreamer(EngineWriter):
                 self._setups[sid] = setup
                 self._setup_declared(setup)
         if new:  # the buffers its streams hold are faulted in now, not by the first frames
-            try:
-                self._engine.preallocate(_level_specs(setup), setup.stream_dtype, setup.codec)
-            except (MemoryError, OSError) as exc:  # the frames will take what they can get
-                logger.warning("could not preallocate the writer's buffers: %s", exc)
+            self._engine.preallocate(_level_specs(setup), setup.stream_dtype, setup.codec)
 
     def write_plane(
         self,

@@ -199,10 +199,7 @@ class ImsWriter(EngineWriter):
             raise
         self._opened()
         # the buffers a stream holds are faulted in now, not by the first frames
-        try:
-            self._engine.preallocate(self._specs, self.dtype, self.codec)
-        except (MemoryError, OSError) as exc:  # the frames will take what they can get
-            logger.warning("could not preallocate the writer's buffers: %s", exc)
+        self._engine.preallocate(self._specs, self.dtype, self.codec)
 
     # -- public API ----------------------------------------------------------------------
 
