@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import subprocess
 import sys
 
@@ -115,6 +116,16 @@ def test_bench_cli(tmp_path, capsys):
     assert "recommended" in text or "no setting sustains" in text
     assert (out / "bench.json").stat().st_size > 0
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_cli_default_frames(tmp_path, capsys):
+    # without --frames the depth is computed from the frame size (256 frames for tiny frames)
+    out = tmp_path / "bench"
+    assert main(["bench", "--size", "48x64", "--fps", "20000", "--out", str(out), "--no-progress"]) == 0
+    assert json.loads((out / "bench.json").read_text())["frames"] == 256
+    assert "frames of 48x64 uint16" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["bench", "--frames", "0", "--out", str(out)])
 
 
 _UNCLOSED = """

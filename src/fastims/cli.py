@@ -226,13 +226,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                        frames=args.frames, progress=progress)
     if bar is not None:
         bar.close()
-    print(report.to_table())
-    best = report.recommended
-    if best is None:
-        print(f"no setting sustains {args.fps:g} fps on this disk; see the table for the fastest")
-    else:
-        print(f"recommended: {best.setting} ({best.mb_per_s:.0f} MB/s, ratio {best.ratio:.2f}, "
-              f"p99 {best.p99_ms:.1f} ms)")
+    print(report.to_table())  # ends with the recommended setting, or says that none sustains the rate
     report.write_json(out / "bench.json")
     report.plot_png(out / "bench.png")
     print(f"results: {out / 'bench.json'}, plot: {out / 'bench.png'}")
@@ -380,7 +374,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     for name in ("frames", "channels", "timepoints", "bank", "camera_buffer"):
-        if getattr(args, name, 1) < 1:
+        value = getattr(args, name, None)  # None: not an option of this command, or its default is computed
+        if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     try:
         return args.func(args)
