@@ -419,6 +419,14 @@ def test_argument_errors(tmp_path, ims_src):
     assert listing(tmp_path) == ["bad.ims", "src.ims", "taken.h5"]
 
 
+def test_non_ascii_channel_name_to_imaris_warns(tmp_path, rng):
+    np.save(tmp_path / "a.npy", rng.integers(0, 900, (4, 16, 16), dtype=np.uint16))
+    with pytest.warns(UserWarning, match="not ASCII"):
+        convert(tmp_path / "a.npy", tmp_path / "a.ims", channel_names=["GFP é"])
+    with fastims.open(tmp_path / "a.ims") as r:
+        assert r.channel_names == ["GFP ?"]
+
+
 # ---------------------------------------------------------------------------------------
 # CLI
 # ---------------------------------------------------------------------------------------

@@ -173,6 +173,8 @@ def test_link_ims_bad_input(tmp_path, ims_grid, rng):
         link_ims(tmp_path / "a.ims", channel_colors=[(1, 0, 0)])
     with pytest.raises(ValueError, match="color_ranges needs 2 numbers per channel"):
         link_ims(tmp_path / "a.ims", color_ranges=[0, 1, 2])
+    with pytest.raises(ValueError, match="min above its max"):
+        link_ims(tmp_path / "a.ims", color_ranges=[(100, 0), (0, 5)])
     sub = tmp_path / "sub"
     sub.mkdir()
     with pytest.raises(ValueError, match=r"outside the folder .*sub.* '\.\.'"):
@@ -202,6 +204,13 @@ def test_link_ims_bad_input(tmp_path, ims_grid, rng):
     link_ims(tmp_path / "a.ims", x_tiles=1, y_tiles=1, channels=[561], overwrite=True)
     with fastims.open(tmp_path / "a.ims") as r:
         np.testing.assert_array_equal(r[0, 0], ims_grid[(561, 0, 0)])
+    # a tile of the grid named as the output: refused, the tile untouched (it was left out of
+    # the grid and replaced by the linked file)
+    tile = tmp_path / tile_name(0, 0, 488)
+    before = tile.read_bytes()
+    with pytest.raises(ValueError, match="cannot also be one of the tiles"):
+        link_ims(tile, x_tiles=2, y_tiles=3, channels=[488], overwrite=True)
+    assert tile.read_bytes() == before
 
 
 def test_reader_refuses_links_leaving_the_folder(tmp_path, ims_grid):

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["check_index", "floats", "int_shape"]
+__all__ = ["check_index", "check_planes", "floats", "int_shape", "native", "to_dtype"]
 
 
 def int_shape(shape: Sequence[int], axes: str) -> tuple[int, ...]:
@@ -41,3 +41,25 @@ def check_index(name: str, value: Any, n: int) -> None:
     """IndexError naming the valid range unless `value` is an integer in ``0 .. n-1``."""
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or not 0 <= value < n:
         raise IndexError(f"{name}={value!r} out of range 0..{n - 1}")
+
+
+def check_planes(z: Any, count: int, n: int) -> None:
+    """TypeError unless `z` is an integer; IndexError unless planes ``z .. z+count-1`` are in ``0 .. n-1``."""
+    if not isinstance(z, (int, np.integer)) or isinstance(z, bool):
+        raise TypeError(f"z must be an integer plane index, got {z!r}")
+    if not (0 <= z and z + count <= n):
+        raise IndexError(f"planes z={z}..{int(z) + count - 1} out of range 0..{n - 1}")
+
+
+def native(dtype: np.dtype) -> np.dtype:
+    """`dtype` in the machine's byte order (files are written in it; input may be byte-swapped)."""
+    return dtype if dtype.isnative else dtype.newbyteorder("=")
+
+
+def to_dtype(block: np.ndarray, dtype: np.dtype) -> np.ndarray | None:
+    """`block` as (native) `dtype`: itself, a byte-swapped copy, or None if the types differ."""
+    if block.dtype == dtype:
+        return block
+    if not block.dtype.isnative and native(block.dtype) == dtype:
+        return block.astype(dtype)
+    return None

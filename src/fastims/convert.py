@@ -600,8 +600,11 @@ def _ims_unit(unit: str | None, src: Path) -> tuple[str, float]:
 
 
 def _ascii(text: str) -> str:
-    """Imaris stores ASCII: other characters become ``?``."""
-    return text.encode("ascii", "replace").decode("ascii")
+    """Imaris stores ASCII: other characters become ``?`` (with a warning)."""
+    out = text.encode("ascii", "replace").decode("ascii")
+    if out != text:
+        warnings.warn(f"{text!r} is not ASCII; the Imaris file stores {out!r}", UserWarning, stacklevel=3)
+    return out
 
 
 def _h4(m: np.ndarray) -> np.ndarray:
@@ -724,7 +727,8 @@ def _to_ims(reader: Any, volumes: list[_Volume], path: Path, pump: _Pump, option
     if dtype.name not in _IMS_DTYPES:
         raise TypeError(
             f"{src.name} holds {dtype} data; Imaris files store {', '.join(_IMS_DTYPES)} "
-            "(convert the values first, or convert to BDV)"
+            + ("(convert the values first, or convert to BDV, which stores int16)" if dtype == np.int16
+               else "(convert the values first)")
         )
     unit, factor = _ims_unit(reader.unit, src)
     voxel = tuple(v * factor for v in reader.voxel_size)

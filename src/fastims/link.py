@@ -527,6 +527,8 @@ def _color_args(
         )
     if not all(math.isfinite(v) for r in rows for v in r):
         raise ValueError(f"{name} must be finite numbers, got {values!r}")
+    if name == "color_ranges" and any(lo > hi for lo, hi in rows):
+        raise ValueError(f"a color range is (min, max); {name} has a min above its max: {values!r}")
     return rows
 
 
@@ -614,7 +616,6 @@ def link_ims(
         grid_folder = Path(os.fspath(folder)) if folder is not None else out.parent
         entries = grid_sources(grid_folder, pattern, x_tiles=x_tiles, y_tiles=y_tiles,
                                z_tiles=z_tiles, channels=channels)
-        entries = [e for e in entries if os.path.normpath(os.path.abspath(e.path)) != str(out)]
     else:
         if any(v is not None for v in (folder, x_tiles, y_tiles, z_tiles, channels)):
             raise ValueError("folder, x_tiles, y_tiles, z_tiles and channels describe a grid; "

@@ -143,6 +143,55 @@ def test_gzip_chunks_decode_with_hdf5(tmp_path, rng, compression, shuffle):
     np.testing.assert_array_equal(read_npy2bdv(tmp_path / "g.xml"), stack)
 
 
+def test_shuffle_without_compression_is_ignored(tmp_path, rng):
+    # it used to fail at close ("only unfiltered datasets can be allocated up front") and
+    # leave an .h5 without its .xml
+    stack = camera_stack(rng, (6, 40, 50), high=4000)
+    with BdvWriter(tmp_path / "s.xml", compression=None, shuffle=True) as w:
+        w.add_view(shape=stack.shape, dtype="uint16")
+        for z in range(stack.shape[0]):
+            w.write_plane(stack[z], z=z)
+    with h5py.File(tmp_path / "s.h5", "r") as f:
+        ds = f["t00000/s00/0/cells"]
+        assert ds.compression is None and not ds.shuffle
+    np.testing.assert_array_equal(read_npy2bdv(tmp_path / "s.xml"), stack)
+
+
+def test_byte_swapped_input(tmp_path, rng):
+    stack = camera_stack(rng, (6, 40, 50), high=4000)
+    write_bdv(tmp_path / "be.xml", stack.astype(">u2"))
+    np.testing.assert_array_equal(read_npy2bdv(tmp_path / "be.xml"), stack)
+    floats = stack.astype(np.float32) / 7
+    with BdvWriter(tmp_path / "f.xml", dtype_mode="typed") as w:
+        w.add_view(shape=floats.shape, dtype=">f4")
+        for z in range(floats.shape[0]):
+            w.write_plane(floats[z].astype(">f4") if z % 2 else floats[z], z=z)
+    with h5py.File(tmp_path / "f.h5", "r") as f:
+        ds = f["t00000/s00/0/cells"]
+        assert ds.dtype == np.dtype("<f4")
+        np.testing.assert_array_equal(ds[()], floats)
+
+
+@pytest.mark.parametrize(
+    ("data", "options", "exc"),
+    [
+        (np.zeros((8, 8), np.uint16), {}, ValueError),  # not (Z, Y, X)
+        (np.zeros((2, 8, 8), np.uint8), {}, TypeError),  # legacy mode stores 16-bit data only
+        (np.zeros((2, 8, 8), np.uint16), {"bogus": 1}, TypeError),
+        ({(0, 0, 0, 3): np.zeros((2, 8, 8), np.uint16)}, {"ntiles": 2}, IndexError),
+        # a setup has one shape: time point 1's third plane is out of range
+        ({(0,): np.zeros((2, 8, 8), np.uint16), (1,): np.zeros((3, 8, 8), np.uint16)}, {}, IndexError),
+        ({(0,): np.zeros((2, 8, 8), np.uint16), (1,): np.zeros((3, 8, 8), np.uint16)},
+         {"partitions": "timepoint"}, IndexError),
+    ],
+)
+def test_write_bdv_that_fails_leaves_no_files(tmp_path, data, options, exc):
+    with pytest.raises(exc):
+        write_bdv(tmp_path / "w.xml", data, **options)
+    assert sorted(os.listdir(tmp_path)) == []  # a retry must not meet FileExistsError
+    write_bdv(tmp_path / "w.xml", np.ones((2, 8, 8), np.uint16))
+
+
 def test_lz4_only_with_a_warning(tmp_path, rng):
     stack = camera_stack(rng, (4, 16, 16))
     with pytest.warns(UserWarning, match="not readable by Fiji"):
@@ -376,6 +425,9 @@ def test_bad_calls(tmp_path, rng):
             w.write_plane(np.zeros((8, 8), np.float32), z=0)
         with pytest.raises(IndexError, match="out of range"):
             w.write_plane(np.zeros((8, 8), np.uint16), z=2)
+        for z in (None, "1", 1.0, True):
+            with pytest.raises(TypeError, match=f"integer plane index, got {z!r}"):
+                w.write_plane(np.zeros((8, 8), np.uint16), z=z)
         with pytest.raises(IndexError, match="time"):
             w.write_plane(np.zeros((8, 8), np.uint16), z=0, time=1)
         w.write_plane(np.zeros((8, 8), np.uint16), z=0)

@@ -264,6 +264,9 @@ def test_errors(tmp_path):
         w.write_plane(np.zeros((8, 8), np.uint16), z=4)
     with pytest.raises(IndexError, match="c=2"):
         w.write_plane(np.zeros((8, 8), np.uint16), c=2, z=0)
+    for z in (None, "1", 1.0, True):  # None used to fail while its message was built
+        with pytest.raises(TypeError, match=f"integer plane index, got {z!r}"):
+            w.write_plane(np.zeros((8, 8), np.uint16), z=z)
     w.write_plane(np.ones((8, 8), np.uint16), z=1)
     with pytest.raises(WriterStateError, match="twice"):
         w.write_plane(np.ones((8, 8), np.uint16), z=1)
@@ -283,6 +286,43 @@ def test_errors(tmp_path):
         fastims.ImsWriter(tmp_path / "x.ims", shape=(1, 1, 0, 8, 8), dtype="uint16")
     with pytest.raises(ValueError):
         fastims.ImsWriter(tmp_path / "x.ims", shape=(1, 1, 1, 8, 8), dtype="uint16", compression="zstd")
+    with pytest.raises(TypeError, match="one entry per channel"):
+        fastims.ImsWriter(tmp_path / "x.ims", shape=(1, 3, 1, 8, 8), dtype="uint16", channel_names="GFP")
+    with pytest.raises(ValueError, match="min 100 above max 0"):
+        fastims.ImsWriter(tmp_path / "x.ims", shape=(1, 1, 1, 8, 8), dtype="uint16", color_ranges=[(100, 0)])
+    assert not (tmp_path / "x.ims").exists()
+
+
+def test_automatic_time_stamps_strictly_increasing(tmp_path):
+    # time points written within one millisecond, and out of order, still get increasing stamps
+    data = np.ones((6, 1, 1, 8, 8), np.uint16)
+    with fastims.ImsWriter(tmp_path / "t.ims", shape=data.shape, dtype="uint16", compression=None) as w:
+        for t in (2, 0, 1, 3, 4, 5):
+            w.write(data[t, 0], t=t)
+    with h5py.File(tmp_path / "t.ims", "r") as f:
+        stamps = [dt.datetime.strptime(_text(f["DataSetInfo/TimeInfo"].attrs[f"TimePoint{t + 1}"]),
+                                       "%Y-%m-%d %H:%M:%S.%f") for t in range(6)]
+    assert all(b > a for a, b in zip(stamps, stamps[1:])), stamps
+    assert stamps[-1] - stamps[0] < dt.timedelta(seconds=60)
+
+
+def test_byte_swapped_input(tmp_path):
+    # stored in native order; big-endian input used to fail at close and leave a broken file
+    data = camera_stack((2, 5, 40, 50), "uint16", seed=3)
+    fastims.write_ims(tmp_path / "be.ims", data.astype(">u2"), compression="lz4", shuffle=True)
+    with fastims.ImsWriter(tmp_path / "mixed.ims", shape=(1, 2, 5, 40, 50), dtype=">u2") as w:
+        for c in range(2):
+            for z in range(5):
+                w.write_plane(data[c, z] if z % 2 else data[c, z].astype(">u2"), c=c, z=z)
+    for name in ("be.ims", "mixed.ims"):
+        with h5py.File(tmp_path / name, "r") as f:
+            assert _level(f, 0).dtype == np.dtype("<u2") and "Thumbnail" in f
+        with fastims.open(tmp_path / name) as r:
+            for c in range(2):
+                np.testing.assert_array_equal(r.asarray(c=c), data[c])
+    with pytest.raises(TypeError, match="dtype must be one of"):
+        fastims.write_ims(tmp_path / "x.ims", data.astype(">i2"))
+    assert not (tmp_path / "x.ims").exists()
 
 
 def test_missing_planes_raise_and_name_them(tmp_path):

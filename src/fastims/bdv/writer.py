@@ -43,7 +43,7 @@ import numpy as np
 
 from fastims._lifecycle import EngineWriter
 from fastims._staging import close_h5, create_h5, h5_path
-from fastims._validate import check_index, floats, int_shape
+from fastims._validate import check_index, check_planes, floats, int_shape, native, to_dtype
 from fastims.compression import Codec, chunk_addresses
 from fastims.engine import ALIGNED_FILE, DatasetRef, Engine, LevelSpec, RawTarget, Stream, open_raw_fds, ranges_text
 from fastims.errors import FormatError, WriterStateError
@@ -176,7 +176,9 @@ class _ViewStreamer(EngineWriter):
             )
         self.compression = compression
         self.compression_level = compression_level
-        self.shuffle = bool(shuffle)
+        # shuffle without a codec only reorders bytes; ignored, as ImsWriter does (uncompressed
+        # chunks are then written in place, which a shuffle filter would forbid)
+        self.shuffle = bool(shuffle) and compression is not None
         # (buffered, O_DIRECT) descriptors for in-place chunks, by file name
         self._fds: dict[str, tuple[int, int]] = {}
         # validate the codec options once, before any file exists
@@ -408,10 +410,11 @@ class _ViewStreamer(EngineWriter):
         nz, ny, nx = setup.shape
         if block.ndim != 3 or block.shape[1:] != (ny, nx):
             raise ValueError(f"expected a (Z', {ny}, {nx}) block for setup {setup.id}, got shape {block.shape}")
-        if block.dtype != setup.dtype:
+        converted = to_dtype(block, setup.dtype)
+        if converted is None:
             raise TypeError(f"setup {setup.id} is {setup.dtype}, got {block.dtype} data (convert it explicitly)")
-        if not (isinstance(z, (int, np.integer)) and not isinstance(z, bool) and 0 <= z and z + block.shape[0] <= nz):
-            raise IndexError(f"planes z={z}..{int(z) + block.shape[0] - 1} out of range 0..{nz - 1}")
+        block = converted
+        check_planes(z, block.shape[0], nz)
         if block.shape[0] == 0:
             return
         if block.dtype != setup.stream_dtype:
@@ -468,7 +471,7 @@ class _ViewStreamer(EngineWriter):
 
     def _check_dtype(self, dtype: Any) -> np.dtype:
         try:
-            dt = np.dtype(dtype)
+            dt = native(np.dtype(dtype))
         except TypeError:
             raise TypeError(f"dtype must be a numpy dtype, got {dtype!r}") from None
         if self.dtype_mode == "legacy":
@@ -668,7 +671,8 @@ class BdvWriter(_ViewStreamer):
     compression_level : int
         gzip level 1-9.
     shuffle : bool
-        Byte-shuffle before the codec (HDF5 shuffle filter; Fiji reads it).
+        Byte-shuffle before the codec (HDF5 shuffle filter; Fiji reads it). Ignored without
+        compression.
     dtype_mode : {"legacy", "typed"}
         "legacy" (default): 16-bit data stored as int16 bit patterns without a ``dataType``
         attribute (every Fiji). "typed": the real dtype (uint8, uint16, uint32, float32) and
@@ -743,6 +747,7 @@ class BdvWriter(_ViewStreamer):
             tp, sp = self._partition_sizes
             paths += [self._partition_path((ti, si)) for ti in range(-(-self.ntimepoints // tp))
                       for si in range(-(-self.nsetups // sp))]
+        self._outputs = paths  # every file this writer may create (checked free, or overwrite=True)
         for p in paths:
             if p.is_dir():
                 raise IsADirectoryError(f"{p} is a directory")
@@ -1027,11 +1032,20 @@ def write_bdv(path: str | os.PathLike, data: Any, **options: Any) -> None:
     for i, kind in enumerate(_VIEW_KEYS):
         count = "ntimepoints" if kind == "time" else f"n{kind}s"
         writer_opts.setdefault(count, max(k[i] for k in views) + 1)
-    with BdvWriter(path, **writer_opts) as w:
+    for key, stack in views.items():
+        if stack.ndim != 3:
+            raise ValueError(f"view {dict(zip(_VIEW_KEYS, key))} must be (Z, Y, X), got shape {stack.shape}")
+    w = BdvWriter(path, **writer_opts)
+    try:
         for key, stack in views.items():
-            if stack.ndim != 3:
-                raise ValueError(f"view {dict(zip(_VIEW_KEYS, key))} must be (Z, Y, X), got shape {stack.shape}")
             w.write_view(stack, **dict(zip(_VIEW_KEYS, key)), **view_opts)
+    except BaseException:
+        # a failed one-shot call leaves nothing behind (a retry would meet FileExistsError)
+        w.abort()
+        for p in w._outputs:
+            p.unlink(missing_ok=True)
+        raise
+    w.close()
 
 
 def _view_key(key: Any) -> tuple[int, ...]:

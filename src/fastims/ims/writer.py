@@ -24,7 +24,7 @@ import numpy as np
 
 from fastims._lifecycle import EngineWriter
 from fastims._staging import close_h5, create_h5
-from fastims._validate import check_index, floats, int_shape
+from fastims._validate import check_index, check_planes, floats, int_shape, native, to_dtype
 from fastims._version import __version__
 from fastims.compression import Codec, chunk_addresses
 from fastims.engine import ALIGNED_FILE, DatasetRef, Engine, LevelSpec, RawTarget, Stream, open_raw_fds, ranges_text
@@ -134,7 +134,7 @@ class ImsWriter(EngineWriter):
         self.path = Path(os.fspath(path))
         self.shape = int_shape(shape, "TCZYX")
         nt, nc, nz, ny, nx = self.shape
-        self.dtype = np.dtype(dtype)
+        self.dtype = native(np.dtype(dtype))
         if self.dtype.name not in _DTYPES:
             raise TypeError(f"dtype must be one of {_DTYPES}, got {self.dtype}")
         if self.dtype.name == "uint32":
@@ -158,6 +158,9 @@ class ImsWriter(EngineWriter):
         if color_ranges is not None:
             ranges = _per_channel("color_ranges", color_ranges, nc, None)
             self._fixed_ranges = [floats("color range", r, 2, positive=False) for r in ranges]
+            for lo, hi in self._fixed_ranges:
+                if lo > hi:
+                    raise ValueError(f"a color range is (min, max), got min {lo:g} above max {hi:g}")
         self._times: list[_dt.datetime | None] = [None] * nt
         if timepoints is not None:
             times = list(timepoints)
@@ -230,12 +233,13 @@ class ImsWriter(EngineWriter):
         nt, nc, nz, ny, nx = self.shape
         if block.ndim != 3 or block.shape[1:] != (ny, nx):
             raise ValueError(f"expected a (Z', {ny}, {nx}) block, got shape {block.shape}")
-        if block.dtype != self.dtype:
+        converted = to_dtype(block, self.dtype)
+        if converted is None:
             raise TypeError(f"expected {self.dtype} data, got {block.dtype} (convert it explicitly)")
+        block = converted
         check_index("t", t, nt)
         check_index("c", c, nc)
-        if not (isinstance(z, (int, np.integer)) and 0 <= z and z + block.shape[0] <= nz):
-            raise IndexError(f"planes z={z}..{z + block.shape[0] - 1} out of range 0..{nz - 1}")
+        check_planes(z, block.shape[0], nz)
         if block.shape[0] == 0:
             return
         stream = self._stream(int(t), int(c))
@@ -417,6 +421,24 @@ class ImsWriter(EngineWriter):
         self._range_cache[c] = (hist.count, result)
         return result
 
+    def _stamps(self) -> list[str]:
+        """Time stamps strictly increasing at the millisecond they are written with.
+
+        Imaris needs them so; automatic stamps (a time point's first frame) of consecutive
+        time points can fall within one millisecond, or arrive out of order.
+        """
+        out, prev = [], None
+        for x in self._times:
+            if x is None:
+                out.append("")
+                continue
+            x = x.replace(microsecond=x.microsecond // 1000 * 1000)
+            if prev is not None and x <= prev:
+                x = prev + _dt.timedelta(milliseconds=1)
+            out.append(format_datetime(x))
+            prev = x
+        return out
+
     def _write_metadata(self, *, final: bool) -> None:
         f = self._file
         nt, nc, nz, ny, nx = self.shape
@@ -433,7 +455,7 @@ class ImsWriter(EngineWriter):
         write_attr_str(image, "Unit", self.unit)
         write_attr_str(image, "Name", self.name)
         write_attr_str(image, "Description", self.description)
-        times = [format_datetime(x) if x is not None else "" for x in self._times]
+        times = self._stamps()
         write_attr_str(image, "RecordingDate", times[0])
         for axis in "XYZ":
             write_attr_str(image, f"ResampleDimension{axis}", "true")
@@ -526,6 +548,8 @@ def write_ims(path: str | os.PathLike, data: np.ndarray, **options: Any) -> None
 def _per_channel(name: str, values: Sequence | None, nc: int, default: list | None) -> list:
     if values is None:
         return list(default) if default is not None else []
+    if isinstance(values, (str, bytes)):  # list("GFP") would name three channels
+        raise TypeError(f"{name} takes one entry per channel, got the string {values!r}")
     values = list(values)
     if len(values) != nc:
         raise ValueError(f"{name} needs one entry per channel ({nc}), got {len(values)}")
