@@ -6,6 +6,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+import time
 
 import h5py
 import numpy as np
@@ -99,14 +100,50 @@ def test_simulate_cli(tmp_path, capsys):
         # realistic frames: a dark offset, structure and noise, not zeros or constant
         assert data.min() >= 50 and data.std() > 1.0
     assert main(["simulate", str(out), "--frames", "2", "--size", "8x8", "--no-progress"]) == 1  # exists
-    assert "exists" in capsys.readouterr().err
+    assert "exists; use --overwrite" in capsys.readouterr().err
 
 
-def test_simulate_rejects_bad_arguments(tmp_path):
+def test_simulate_rejects_bad_arguments(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["simulate", str(tmp_path / "x.ims"), "--size", "12by12"])
     with pytest.raises(SystemExit):
         main(["simulate", str(tmp_path / "x.ims"), "--frames", "0"])
+    for fps in ("-1", "0", "nan", "inf", "fast"):
+        with pytest.raises(SystemExit):
+            main(["simulate", str(tmp_path / "x.ims"), "--fps", fps])
+    with pytest.raises(SystemExit):
+        main(["simulate", str(tmp_path / "x.ims"), "--seed", "-1"])
+    assert "--seed must be >= 0" in capsys.readouterr().err
+    # user and environment errors: one line naming the problem, exit status 1, no traceback
+    folder = tmp_path / "adir.ims"
+    folder.mkdir()
+    cases = [
+        ([str(tmp_path / "x.txt")], "must end in .ims"),
+        ([str(folder), "--overwrite"], "adir.ims"),
+        ([str(tmp_path / "missing" / "x.ims")], "x.ims"),
+    ]
+    for args, message in cases:
+        assert main(["simulate", *args, "--frames", "2", "--size", "8x8", "--no-progress"]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("fastims: error: ") and message in err and "Traceback" not in err
+    assert not list(tmp_path.glob("x.*"))
+
+
+def test_simulate_starts_the_camera_when_the_file_is_open(tmp_path, capsys, monkeypatch):
+    # opening a writer faults in its buffers: frames paced from before the open arrived late
+    import fastims.ims.writer as ims_writer
+
+    opened = ims_writer.ImsWriter.__init__
+
+    def slow_open(self, *args, **kwargs):
+        opened(self, *args, **kwargs)
+        time.sleep(0.3)
+
+    monkeypatch.setattr(ims_writer.ImsWriter, "__init__", slow_open)
+    assert main(["simulate", str(tmp_path / "p.ims"), "--frames", "8", "--size", "16x16", "--channels", "1",
+                 "--fps", "100", "--camera-buffer", "4", "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "0 of 8 frames would have been dropped" in text and "writer opened in 0.3" in text
 
 
 def test_bench_cli(tmp_path, capsys):
