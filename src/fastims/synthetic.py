@@ -20,7 +20,7 @@ class SyntheticCamera:
     Frames are computed on demand from analytic blobs plus shot noise, so a long acquisition
     does not hold its whole stack in memory. Every (plane, channel) gets a noise field of its
     own, as from a real camera: frames that shared one would repeat byte patterns from plane
-    to plane, which codecs find within a chunk and which flatters their ratio and speed.
+    to plane, which codecs find within a chunk and which flatters their ratio.
 
     Parameters
     ----------
@@ -113,6 +113,7 @@ class SyntheticCamera:
             sig[y0:y1, x0:x1] += (b["a"] * wz) * gy[:, None] * gx[None, :]
         if self._noise is None:
             noise = self._noise_buf
+            # the trailing 1 keeps this stream apart from default_rng(seed), which placed the blobs
             np.random.default_rng([self._seed, z, c, 1]).standard_normal(dtype=np.float32, out=noise)
         else:
             noise = self._noise[(z * 7 + c * 3) % len(self._noise)]
