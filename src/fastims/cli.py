@@ -58,6 +58,20 @@ def _size(text: str) -> tuple[int, int]:
     return y, x
 
 
+#: what a command reports as one line on stderr (exit status 1) instead of a traceback
+_USER_ERRORS = (OSError, ValueError, TypeError, KeyError, IndexError, MemoryError, ImportError, FastimsError)
+
+
+def _report(exc: BaseException) -> int:
+    """Print `exc` as the CLI's one-line error, in the CLI's words; return the exit status."""
+    text = str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc) or type(exc).__name__
+    notes = getattr(exc, "__notes__", None)
+    if notes:
+        text += " (" + "; ".join(notes) + ")"
+    print(f"fastims: error: {text.replace('pass overwrite=True', 'use --overwrite')}", file=sys.stderr)
+    return 1
+
+
 def _rate(text: str) -> float:
     try:
         value = float(text)
@@ -159,7 +173,6 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     import math
 
     from fastims.convert import convert
-    from fastims.errors import FastimsError
 
     bar: Progress | None = None
     seen = [0, 0]  # bytes done, total
@@ -197,15 +210,10 @@ def _cmd_convert(args: argparse.Namespace) -> int:
             shuffle=args.shuffle, max_workers=threads, memory_limit=args.memory_limit,
             overwrite=args.overwrite, progress=report, **extra, **cluster,
         )
-    except (OSError, ValueError, TypeError, KeyError, IndexError, FastimsError, ImportError, MemoryError) as exc:
+    except _USER_ERRORS as exc:
         if bar is not None:
             bar.close()
-        text = str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)
-        notes = getattr(exc, "__notes__", None)
-        if notes:
-            text += " (" + "; ".join(notes) + ")"
-        print(f"fastims: error: {text.replace('pass overwrite=True', 'use --overwrite')}", file=sys.stderr)
-        return 1
+        return _report(exc)
     except KeyboardInterrupt:
         if bar is not None:
             bar.close()
@@ -355,8 +363,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_link(args: argparse.Namespace) -> int:
-    from fastims.errors import FastimsError
-    from fastims.link import DEFAULT_BDV_PATTERN, DEFAULT_IMS_PATTERN, link_bdv, link_ims
+    from fastims.link import (
+        DEFAULT_BDV_PATTERN,
+        DEFAULT_IMS_PATTERN,
+        link_bdv,
+        link_ims,
+    )
 
     folder = args.path
     out = args.filename if os.path.isabs(args.filename) else os.path.join(folder, args.filename)
@@ -387,10 +399,8 @@ def _cmd_link(args: argparse.Namespace) -> int:
                               overwrite=args.overwrite)
         else:
             result = link_bdv(out, **kwargs, overwrite=args.overwrite)
-    except (OSError, ValueError, TypeError, KeyError, FastimsError) as exc:
-        text = str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)
-        print(f"fastims: error: {text.replace('pass overwrite=True', 'use --overwrite')}", file=sys.stderr)
-        return 1
+    except _USER_ERRORS as exc:
+        return _report(exc)
     print(f"linked -> {result}")
     return 0
 
@@ -409,11 +419,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--seed must be >= 0")
     try:
         return args.func(args)
-    except (OSError, ValueError, TypeError, MemoryError, FastimsError) as exc:
-        # user and environment errors: a message, not a traceback
-        text = str(exc) or type(exc).__name__
-        print(f"fastims: error: {text.replace('pass overwrite=True', 'use --overwrite')}", file=sys.stderr)
-        return 1
+    except _USER_ERRORS as exc:
+        return _report(exc)
     except KeyboardInterrupt:
         print("fastims: interrupted", file=sys.stderr)
         return 130
