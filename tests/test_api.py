@@ -108,6 +108,7 @@ def test_simulate_rejects_bad_arguments(tmp_path, capsys):
         main(["simulate", str(tmp_path / "x.ims"), "--size", "12by12"])
     with pytest.raises(SystemExit):
         main(["simulate", str(tmp_path / "x.ims"), "--frames", "0"])
+    assert "usage: fastims simulate" in capsys.readouterr().err  # the command's usage, not the top level's
     for fps in ("-1", "0", "nan", "inf", "fast"):
         with pytest.raises(SystemExit):
             main(["simulate", str(tmp_path / "x.ims"), "--fps", fps])

@@ -421,6 +421,8 @@ def test_argument_errors(tmp_path, ims_src):
 
 def test_non_ascii_channel_name_to_imaris_warns(tmp_path, rng):
     np.save(tmp_path / "a.npy", rng.integers(0, 900, (4, 16, 16), dtype=np.uint16))
+    with pytest.raises(ValueError, match="unit must name a length unit"):
+        convert(tmp_path / "a.npy", tmp_path / "a.ims", unit=" ")
     with pytest.warns(UserWarning, match="not ASCII"):
         convert(tmp_path / "a.npy", tmp_path / "a.ims", channel_names=["GFP é"])
     with fastims.open(tmp_path / "a.ims") as r:

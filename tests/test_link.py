@@ -191,6 +191,8 @@ def test_link_ims_bad_input(tmp_path, ims_grid, rng):
             link_ims(odd / "out.ims", [odd / "a.ims", odd / f"{name}.ims"])
     with pytest.raises(ValueError, match="both give tile 0"):
         link_ims(odd / "out.ims", [LinkSource(odd / "a.ims"), LinkSource(odd / "a.ims")])
+    with pytest.raises(ValueError, match=r"a.ims is given twice \(tiles 0 and 2\)"):
+        link_ims(odd / "out.ims", [odd / "a.ims", odd / "dtype.ims", odd / "." / "a.ims"])
     (odd / "junk.ims").write_bytes(b"not hdf5")
     with pytest.raises(fastims.FormatError, match="junk.ims"):
         link_ims(odd / "out.ims", [odd / "a.ims", odd / "junk.ims"])
@@ -364,6 +366,10 @@ def test_cli_link_imaris_linker_options(tmp_path, ims_grid, capsys):
         assert r.channel_colors == [(0.0, 0.0, 1.0)]
     assert main(argv) == 1
     assert "use --overwrite" in capsys.readouterr().err
+    assert main([*argv[:3], "--filename", "linked.tif"]) == 1
+    assert "--filename must end in .ims (Imaris) or .xml / .h5" in capsys.readouterr().err
+    assert main([*argv[:3], "--filename", "linked.xml", "--group-channels"]) == 1
+    assert "--group-channels apply to Imaris" in capsys.readouterr().err
     assert main([*argv[:-7], "--color", "1", "0", "0", "--overwrite"]) == 1
     assert "channel_colors gives 1 channel, but the tiles have 2" in capsys.readouterr().err
     csv = tmp_path / "fire.csv"

@@ -359,6 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="Imaris: one dataset per tile with all its channels (default: one per channel, as imaris-linker)")
     link.add_argument("--overwrite", action="store_true", help="replace an existing linked file")
     link.set_defaults(func=_cmd_link)
+    for command in sub.choices.values():  # option errors print the command's own usage
+        command.set_defaults(command_parser=command)
     return parser
 
 
@@ -373,6 +375,8 @@ def _cmd_link(args: argparse.Namespace) -> int:
     folder = args.path
     out = args.filename if os.path.isabs(args.filename) else os.path.join(folder, args.filename)
     imaris = out.lower().endswith(".ims")
+    if not imaris and not out.lower().endswith((".xml", ".h5")):
+        return _report(ValueError(f"--filename must end in .ims (Imaris) or .xml / .h5 (BigDataViewer), got {args.filename!r}"))
     grid = {"x_tiles": args.x_tiles, "y_tiles": args.y_tiles, "z_tiles": args.z_tiles,
             "channels": args.channel_labels}
     try:
@@ -414,9 +418,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in ("frames", "channels", "timepoints", "bank", "camera_buffer"):
         value = getattr(args, name, None)  # None: not an option of this command, or its default is computed
         if value is not None and value < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+            args.command_parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if getattr(args, "seed", 0) < 0:
-        parser.error("--seed must be >= 0")
+        args.command_parser.error("--seed must be >= 0")
     try:
         return args.func(args)
     except _USER_ERRORS as exc:

@@ -313,6 +313,8 @@ def _source_options(
     from fastims.sources import is_source_path
 
     given = {"voxel_size": voxel_size, "unit": unit, "channel_names": channel_names, "origin": origin}
+    if unit is not None and not (isinstance(unit, str) and unit.strip()):
+        raise ValueError(f"unit must name a length unit (e.g. 'um'), got {unit!r}")
     if not is_source_path(src):
         used = [k for k, v in given.items() if v is not None]
         if used:

@@ -375,12 +375,17 @@ def grid_sources(
 
 def _as_sources(sources: Iterable[Any]) -> list[LinkSource]:
     out = []
+    plain: dict[str, int] = {}  # a path given twice as a tile of its own is a mistake
     for i, s in enumerate(sources):
         if isinstance(s, LinkSource):
             out.append(s)
         elif isinstance(s, Mapping):
             out.append(LinkSource(**s))
         elif isinstance(s, (str, os.PathLike)):
+            key = os.path.normpath(os.path.abspath(os.fspath(s)))
+            if key in plain:
+                raise ValueError(f"{os.fspath(s)} is given twice (tiles {plain[key]} and {i})")
+            plain[key] = i
             out.append(LinkSource(Path(os.fspath(s)), tile=i))
         else:
             raise TypeError(f"a tile must be a path, a LinkSource or a dict, got {type(s).__name__}")
