@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -417,6 +419,19 @@ def test_argument_errors(tmp_path, ims_src):
     with pytest.raises(fastims.FormatError):
         convert(tmp_path / "bad.ims", tmp_path / "x.xml")
     assert listing(tmp_path) == ["bad.ims", "src.ims", "taken.h5"]
+
+
+def test_callable_at_package_level(tmp_path):
+    # fastims.convert is the module (a submodule import binds it on the package) and calls convert()
+    np.save(tmp_path / "a.npy", np.arange(2 * 8 * 8, dtype=np.uint16).reshape(2, 8, 8))
+    code = ("import sys, fastims; fastims.convert(sys.argv[1], sys.argv[2]); "
+            "import fastims.convert as c; c.convert(sys.argv[1], sys.argv[3])")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "a.npy"), str(tmp_path / "a.ims"),
+                    str(tmp_path / "a.xml")], check=True)
+    fastims.convert(tmp_path / "a.npy", tmp_path / "b.ims")
+    for name in ("a.ims", "a.xml", "b.ims"):
+        with fastims.open(tmp_path / name) as r:
+            np.testing.assert_array_equal(r.asarray(), np.load(tmp_path / "a.npy"))
 
 
 def test_non_ascii_channel_name_to_imaris_warns(tmp_path, rng):

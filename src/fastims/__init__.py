@@ -37,6 +37,7 @@ __all__ = [
     "FormatError",
     "UnsupportedFormatError",
     "WriterStateError",
+    "convert",
     *_LAZY,
 ]
 
@@ -54,6 +55,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers; at run time names loa
 
 
 def __getattr__(name: str) -> Any:
+    if name == "convert":  # the module, callable as fastims.convert.convert (see there)
+        return importlib.import_module("fastims.convert")
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'fastims' has no attribute {name!r}")

@@ -20,6 +20,8 @@ import logging
 import math
 import os
 import secrets
+import sys
+import types
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -1013,3 +1015,17 @@ def _unlink(path: Path) -> None:
         pass
     except OSError:  # pragma: no cover - best effort while cleaning up
         logger.warning("could not remove the temporary file %s", path, exc_info=True)
+
+
+class _CallableModule(types.ModuleType):
+    """This module, callable as :func:`convert`.
+
+    ``fastims.convert`` is this module (importing a submodule binds its name on the package,
+    so a function of the same name could not stay there); calling it converts.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return convert(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
