@@ -215,6 +215,34 @@ def test_link_ims_bad_input(tmp_path, ims_grid, rng):
     assert tile.read_bytes() == before
 
 
+def test_tiles_far_from_the_stage_origin(tmp_path):
+    # .ims extents are float32: tiles tens of millimetres out read their voxel size back ~5e-4
+    # off, differently per tile; they were refused as mismatched
+    a = np.arange(4 * 40 * 47, dtype=np.uint16).reshape(4, 40, 47)
+    names = []
+    for i in range(4):
+        names.append(tmp_path / f"t{i}.ims")
+        write_ims(names[-1], a, voxel_size=(2, 0.1625, 0.1625), origin=(1500, 12345.6, 35123.4 + 7.1 * i))
+    voxels = []
+    for n in names:
+        with fastims.open(n) as r:
+            voxels.append(r.voxel_size[2])
+    assert max(voxels) - min(voxels) > 1e-5  # the premise
+    out = link_ims(tmp_path / "all.ims", names)
+    with fastims.open(out) as r:
+        assert len(r.scenes) == 4
+        np.testing.assert_array_equal(r[0, 0], a)
+    (tmp_path / "bdv").mkdir()  # a tile pattern converted to BDV tiles, then linked
+    xml = fastims.convert(str(tmp_path / "t{tile}.ims"), tmp_path / "bdv" / "all.xml")
+    with fastims.open(xml) as r:
+        np.testing.assert_array_equal(r.asarray(tile=3), a)
+    # a real difference is still refused, and voxel_rtol widens the tolerance
+    write_ims(tmp_path / "other.ims", a, voxel_size=(2, 0.1625, 0.17), origin=(1500, 12345.6, 35200.0))
+    with pytest.raises(ValueError, match="other.ims has voxel size"):
+        link_ims(tmp_path / "bad.ims", [names[0], tmp_path / "other.ims"])
+    link_ims(tmp_path / "loose.ims", [names[0], tmp_path / "other.ims"], voxel_rtol=0.05)
+
+
 def test_reader_refuses_links_leaving_the_folder(tmp_path, ims_grid):
     # a hand-made link with '..' (not something link_ims writes) is refused by the reader
     sub = tmp_path / "sub"

@@ -27,7 +27,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from fastims.link import LinkSource, TilePattern, grid_sources, link_bdv, link_ims
+from fastims.link import (
+    _RTOL,
+    LinkSource,
+    TilePattern,
+    _float32_extent_rtol,
+    _Geometry,
+    grid_sources,
+    link_bdv,
+    link_ims,
+)
 
 __all__ = ["convert_tiles", "get_client"]
 
@@ -201,7 +210,8 @@ def convert_tiles(
             raise ValueError(f"channel_names must give {nchannels} names (one per channel), got {channel_names!r}")
     tasks: list[tuple[str, str, dict[str, Any]]] = []
     sizes: list[int] = []
-    first: tuple[Any, ...] | None = None
+    first: _Geometry | None = None
+    voxel_rtol = _RTOL  # and the .ims inputs' float32 uncertainty, which their outputs inherit
     for entry, out in zip(entries, tile_paths):
         base = _source_options(entry.path, voxel_size=voxel_size, unit=unit, channel_names=None,
                                origin=origin, memory_limit=memory_limit)
@@ -209,11 +219,14 @@ def convert_tiles(
             shape, dtype = tuple(reader.shape), reader.dtype
             vox, vunit = tuple(reader.voxel_size), reader.unit
             tile_origin = getattr(reader, "origin", None)
-        geometry = (shape[2:], dtype, vox, vunit)
+            meta = getattr(reader, "metadata", None)  # .ims: extents stored as float32
+            image = meta.get("DataSetInfo", {}).get("Image", {}) if isinstance(meta, dict) else {}
+        geometry = _Geometry(entry.path, shape[2:], dtype, vox, vunit, 1, _float32_extent_rtol(image))
         if first is None:
-            first = (entry.path, *geometry)
+            first = geometry
         else:
-            _check_alike(first, entry.path, geometry)
+            first.check(geometry)
+        voxel_rtol = max(voxel_rtol, *(2 * t for t in geometry.rtol))
         sizes.append(math.prod(shape) * dtype.itemsize)
         task_options = dict(options, memory_limit=memory_limit, max_workers=max_workers,
                             overwrite=overwrite)
@@ -239,8 +252,8 @@ def convert_tiles(
             for e, out in zip(entries, tile_paths)
         ]
         if target == "ims":
-            return link_ims(finals[0], linked, overwrite=overwrite)
-        return link_bdv(finals[0], linked, overwrite=overwrite)
+            return link_ims(finals[0], linked, voxel_rtol=voxel_rtol, overwrite=overwrite)
+        return link_bdv(finals[0], linked, voxel_rtol=voxel_rtol, overwrite=overwrite)
     except BaseException:
         for p in produced:
             if p.is_dir():
@@ -250,20 +263,6 @@ def convert_tiles(
             except OSError:  # pragma: no cover - best effort while failing
                 logger.warning("could not remove %s", p, exc_info=True)
         raise
-
-
-def _check_alike(first: tuple[Any, ...], path: Path, geometry: tuple[Any, ...]) -> None:
-    ref, shape0, dtype0, vox0, unit0 = first
-    shape, dtype, vox, vunit = geometry
-    what = None
-    if dtype != dtype0:
-        what = f"data type {dtype}, unlike {dtype0}"
-    elif shape != shape0:
-        what = f"(Z, Y, X) size {shape}, unlike {shape0}"
-    elif (vunit or "") != (unit0 or "") or not all(math.isclose(a, b, rel_tol=1e-6) for a, b in zip(vox, vox0)):
-        what = f"voxel size {vox} {vunit}, unlike {vox0} {unit0}"
-    if what is not None:
-        raise ValueError(f"tile {path} has {what} in {ref}: the tiles of one dataset must match")
 
 
 def _place(

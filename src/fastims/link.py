@@ -413,8 +413,27 @@ def _temp_name(final: Path, suffix: str = "") -> Path:
     return final.with_name(f".{final.name}.{secrets.token_hex(4)}.partial{suffix}")
 
 
-def _same_voxel(a: Sequence[float], b: Sequence[float]) -> bool:
-    return all(math.isclose(x, y, rel_tol=_RTOL) for x, y in zip(a, b))
+def _same_voxel(a: Sequence[float], b: Sequence[float], rtol: Sequence[float]) -> bool:
+    return all(math.isclose(x, y, rel_tol=t) for x, y, t in zip(a, b, rtol))
+
+
+def _float32_extent_rtol(image: Mapping[str, Any]) -> tuple[float, ...]:
+    """Per-axis (z, y, x) relative uncertainty of voxel sizes derived from .ims extents.
+
+    ImarisWriter stores ExtMin/ExtMax as float32: at stage positions of tens of millimetres
+    in micrometres their spacing is ~0.004, so a tile 50 voxels of 0.16 wide reads its voxel
+    size back ~5e-4 off, differently for each tile.
+    """
+    out = []
+    for axis in (2, 1, 0):
+        try:
+            lo, hi = float(image[f"ExtMin{axis}"]), float(image[f"ExtMax{axis}"])
+        except (KeyError, TypeError, ValueError):
+            out.append(0.0)
+            continue
+        ulp = float(np.spacing(np.float32(abs(lo)))) + float(np.spacing(np.float32(abs(hi))))
+        out.append(ulp / abs(hi - lo) if hi != lo else 0.0)
+    return tuple(out)
 
 
 def _check_out(path: Path, overwrite: bool, sources: list[LinkSource]) -> None:
@@ -439,14 +458,17 @@ class _Geometry:
     voxel: tuple[float, float, float]
     unit: str | None
     levels: int
+    #: relative uncertainty of `voxel` per axis (float32 extents of .ims tiles; 0 otherwise)
+    rtol: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
-    def check(self, other: _Geometry) -> None:
+    def check(self, other: _Geometry, voxel_rtol: float = _RTOL) -> None:
         what = None
         if other.dtype != self.dtype:
             what = f"data type {other.dtype}, unlike {self.dtype}"
         elif other.shape != self.shape:
             what = f"(Z, Y, X) size {other.shape}, unlike {self.shape}"
-        elif (other.unit or "") != (self.unit or "") or not _same_voxel(other.voxel, self.voxel):
+        elif (other.unit or "") != (self.unit or "") or not _same_voxel(
+                other.voxel, self.voxel, [voxel_rtol + a + b for a, b in zip(self.rtol, other.rtol)]):
             what = f"voxel size {other.voxel} {other.unit}, unlike {self.voxel} {self.unit}"
         elif other.levels != self.levels:
             what = f"{other.levels} resolution levels, unlike {self.levels}"
@@ -503,9 +525,10 @@ def _read_ims_tile(source: LinkSource, folder: Path) -> _ImsTile:
         if reader.scenes and len(reader.scenes) > 1:
             logger.info("%s holds %d datasets; linking its first", path.name, len(reader.scenes))
         nt, nc, *zyx = reader.shape
-        geometry = _Geometry(path, tuple(zyx), reader.dtype, tuple(reader.voxel_size),  # type: ignore[arg-type]
-                             reader.unit, reader.levels)
         meta = reader.metadata
+        rtol = _float32_extent_rtol(meta.get("DataSetInfo", {}).get("Image", {}))
+        geometry = _Geometry(path, tuple(zyx), reader.dtype, tuple(reader.voxel_size),  # type: ignore[arg-type]
+                             reader.unit, reader.levels, rtol)  # type: ignore[arg-type]
         return _ImsTile(source, rel, reader.scenes[0], nt, nc, geometry,
                         meta.get("DataSetInfo", {}), reader.timepoints)
 
@@ -551,6 +574,7 @@ def link_ims(
     color_ranges: Sequence[Any] | None = None,
     color_table: Any = None,
     split_channels: bool = True,
+    voxel_rtol: float = _RTOL,
     overwrite: bool = False,
 ) -> Path:
     """Link Imaris tiles into one multi-dataset ``.ims`` (imaris-linker's layout).
@@ -581,6 +605,10 @@ def link_ims(
     split_channels : bool
         Each channel its own dataset, as imaris-linker does (default); ``False`` gathers a
         tile's channels in one dataset.
+    voxel_rtol : float
+        Relative difference of voxel sizes below which tiles count as alike (default 1e-6).
+        The voxel sizes of .ims tiles come from float32 extents; their uncertainty is added
+        (~5e-4 for tiles tens of millimetres from the stage origin).
     overwrite : bool
         Replace an existing `path`.
 
@@ -632,7 +660,7 @@ def link_ims(
     tiles = [_read_ims_tile(e, folder_out) for e in entries]
     first = tiles[0].geometry
     for tile in tiles[1:]:
-        first.check(tile.geometry)
+        first.check(tile.geometry, voxel_rtol)
 
     datasets: dict[tuple[int, ...], _ImsDataset] = {}
     names: dict[int, str] = {}
@@ -835,6 +863,7 @@ def link_bdv(
     y_tiles: int | None = None,
     z_tiles: int | None = None,
     channels: Sequence[Any] | None = None,
+    voxel_rtol: float = _RTOL,
     overwrite: bool = False,
 ) -> Path:
     """Link BigDataViewer tiles (``.xml`` + ``.h5`` each) into one master ``.xml`` + ``.h5``.
@@ -859,6 +888,8 @@ def link_bdv(
     folder, pattern, x_tiles, y_tiles, z_tiles, channels
         The grid, as for :func:`link_ims` (pattern default
         ``tile_x_{x:04d}_y_{y:04d}_z_{z:04d}_ch_{ch}.xml``).
+    voxel_rtol : float
+        Relative difference of voxel sizes below which tiles count as alike (default 1e-6).
     overwrite : bool
         Replace an existing master.
 
@@ -934,7 +965,7 @@ def link_bdv(
                 if geometry0 is None:
                     geometry0 = geo
                 else:
-                    geometry0.check(geo)
+                    geometry0.check(geo, voxel_rtol)
                 legacy = data.read_dtype != data.dtype
                 out_setup = _BdvSetupOut(
                     keys=keys,
