@@ -236,6 +236,9 @@ class BaseReader(_H5Mixin, ABC):
     """
 
     dims: str = DIMS
+    #: datasets may be larger than their level (Imaris pads to whole chunks); else a larger
+    #: dataset is an inconsistent file, not a source of silently cropped data
+    _padded: bool = True
 
     def __init__(
         self,
@@ -552,10 +555,10 @@ class BaseReader(_H5Mixin, ABC):
         """Read a ``(Z, Y, X)`` hyperslab of one volume straight into ``out[dest_sel]``."""
         ds, read_dtype = self._get_dataset(level, t, c)
         shape = self._level_shape(level, c)
-        if any(d < n for d, n in zip(ds.shape, shape)) or len(ds.shape) != 3:
+        if len(ds.shape) != 3 or any(d < n if self._padded else d != n for d, n in zip(ds.shape, shape)):
             raise FormatError(
-                f"{self._path.name}: dataset {ds.name} has shape {ds.shape}, smaller than "
-                f"the level's (Z, Y, X) size {shape}"
+                f"{self._path.name}: dataset {ds.name} has shape {ds.shape}, "
+                f"{'smaller than' if self._padded else 'unlike'} the level's (Z, Y, X) size {shape}"
             )
         if out.dtype.itemsize == read_dtype.itemsize:
             dest = out if out.dtype == read_dtype else out.view(read_dtype)

@@ -665,3 +665,16 @@ def test_resolutions_with_bad_shape(tmp_path: Path, bright: np.ndarray) -> None:
         f["s00/resolutions"] = np.ones((1, 2))
     with pytest.raises(FormatError, match="resolutions"):
         BdvReader(tmp_path / "d.h5")
+
+
+def test_view_larger_than_its_setup(tmp_path: Path) -> None:
+    # a time point stored larger than the setup's size was silently cropped to it
+    data = {(t,): np.full((3, 10, 12), t + 1, np.uint16) for t in range(2)}
+    fastims.write_bdv(tmp_path / "v.xml", data)
+    with h5py.File(tmp_path / "v.h5", "a") as f:
+        del f["t00001/s00/0/cells"]
+        f["t00001/s00/0/cells"] = np.full((3, 10, 20), 2, np.int16)
+    with fastims.open(tmp_path / "v.xml") as r:
+        np.testing.assert_array_equal(r.asarray(t=0), data[(0,)])
+        with pytest.raises(FormatError, match=r"t00001/s00/0/cells has shape \(3, 10, 20\), unlike"):
+            r.asarray(t=1)

@@ -107,6 +107,8 @@ class BdvReader(BaseReader):
     ...     vol = r.asarray(level=1, t=0, channel=1, tile=3)
     """
 
+    _padded = False  # BDV stores each view at its size: a dataset of another size is an error
+
     # ------------------------------------------------------------ loading
 
     def _load(self) -> ImageLayout:
