@@ -141,6 +141,16 @@ def test_ome_tiff_metadata_and_conversion(tmp_path, stack):
         assert r.setups[0].voxel_size == (2.0, 0.5, 0.5)
 
 
+def test_ome_tiff_in_angstrom(tmp_path, stack):
+    # Å was taken for nm without its factor: voxel sizes 10x too large
+    path = tmp_path / "a.ome.tif"
+    tifffile.imwrite(path, stack, ome=True, metadata={
+        "axes": "TCZYX", "PhysicalSizeX": 5.0, "PhysicalSizeXUnit": "Å", "PhysicalSizeY": 5.0,
+        "PhysicalSizeYUnit": "Å", "PhysicalSizeZ": 20.0, "PhysicalSizeZUnit": "Å"})
+    with open_source(path) as src:
+        assert src.voxel_size == (2.0, 0.5, 0.5) and src.unit == "nm"
+
+
 def test_rgb_samples_become_channels(tmp_path, rng):
     rgb = rng.integers(0, 255, (3, 16, 12, 3), dtype=np.uint8)
     tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb", compression="zlib")

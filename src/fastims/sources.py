@@ -499,12 +499,13 @@ def _ome_metadata(text: str) -> dict[str, Any]:
         except ValueError:
             value = math.nan
         sizes.append(value if math.isfinite(value) and value > 0 else None)
-        units.append(_norm_unit(pixels.get(f"PhysicalSize{axis}Unit")) or "um")
+        # as written (Å is stored in nm: the scale comes from the unit's own length)
+        units.append(str(pixels.get(f"PhysicalSize{axis}Unit") or "").strip() or "um")
     if any(v is not None for v in sizes):
         # one unit for all three axes: the X unit; others converted when both are lengths
         from fastims.bdv.xmlwrite import length_in_meters
 
-        unit = units[2] or "um"
+        unit = _norm_unit(units[2]) or "um"
         target = length_in_meters(unit)
         vox = []
         for v, u in zip(sizes, units):
