@@ -112,6 +112,11 @@ def test_link_ims_links_every_level(tmp_path, rng):
     with h5py.File(out, "r") as f:
         link = f["DataSet1/ResolutionLevel 1/TimePoint 0"].get("Channel 0", getlink=True)
         assert (link.filename, link.path) == ("b1.ims", "/DataSet/ResolutionLevel 1/TimePoint 0/Channel 0")
+    # a linked file as a tile, or as a conversion's input: only its first dataset is taken, with a warning
+    with pytest.warns(UserWarning, match="big.ims holds 2 datasets; linking the first"):
+        link_ims(tmp_path / "meta.ims", [out, tmp_path / "b0.ims"])
+    with pytest.warns(UserWarning, match="big.ims holds 2 datasets; converting the first"):
+        fastims.convert(out, tmp_path / "big.xml")
 
 
 def test_link_ims_detects_grid_and_groups_channels(tmp_path, ims_grid):

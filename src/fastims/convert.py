@@ -333,7 +333,12 @@ def _open_input(src: Path, source_options: dict[str, Any] | None) -> Any:
     if source_options is None:
         import fastims
 
-        return fastims.open(src)
+        reader = fastims.open(src)
+        scenes = getattr(reader, "scenes", None) or []
+        if len(scenes) > 1:  # a linked or multi-tile .ims: its other datasets are not converted
+            warnings.warn(f"{src.name} holds {len(scenes)} datasets; converting the first ({scenes[0]})",
+                          UserWarning, stacklevel=3)
+        return reader
     from fastims.sources import open_source
 
     return open_source(src, **source_options)

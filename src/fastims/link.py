@@ -35,6 +35,7 @@ import os
 import re
 import secrets
 import string
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -523,7 +524,8 @@ def _read_ims_tile(source: LinkSource, folder: Path) -> _ImsTile:
         raise FormatError(f"tile {path}: {exc}") from exc
     with reader:
         if reader.scenes and len(reader.scenes) > 1:
-            logger.info("%s holds %d datasets; linking its first", path.name, len(reader.scenes))
+            warnings.warn(f"{path.name} holds {len(reader.scenes)} datasets; linking the first",
+                          UserWarning, stacklevel=3)
         nt, nc, *zyx = reader.shape
         meta = reader.metadata
         rtol = _float32_extent_rtol(meta.get("DataSetInfo", {}).get("Image", {}))
