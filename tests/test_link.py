@@ -387,7 +387,7 @@ def test_link_bdv_bad_input(tmp_path, rng):
     assert listing(tmp_path) == sorted([*before, "sub"])
 
 
-def test_cli_link_imaris_linker_options(tmp_path, ims_grid, capsys):
+def test_cli_link_imaris_linker_options(tmp_path, ims_grid, capsys, monkeypatch):
     argv = ["link", "--path", str(tmp_path), "--filename", "linked.ims", "--x-tiles", "2", "--y_tiles", "3",
             "--z-tiles", "1", "--channels", "488", "561", "--color-range", "0", "1000", "0", "500",
             "--color", "0", "1", "0", "0", "0", "1"]
@@ -415,5 +415,11 @@ def test_cli_link_imaris_linker_options(tmp_path, ims_grid, capsys):
     write_bdv(tmp_path / "b1.xml", ims_grid[(488, 0, 1)], voxel_size=VOXEL)
     assert main(["link", str(tmp_path / "b0.xml"), str(tmp_path / "b1.xml"), "--filename",
                  str(tmp_path / "bm.xml")]) == 0
+    # tiles named relative to --path, from another folder
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert main(["link", "b0.xml", "b1.xml", "--path", str(tmp_path), "--filename", "bm2.xml"]) == 0
+    with fastims.open(tmp_path / "bm2.xml") as r:
+        np.testing.assert_array_equal(r.asarray(tile=1), ims_grid[(488, 0, 1)])
     with fastims.open(tmp_path / "bm.xml") as r:
         np.testing.assert_array_equal(r.asarray(tile=1), ims_grid[(488, 0, 1)])

@@ -337,7 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
         "link", help="link tiles into one .ims (imaris-linker layout) or BDV .xml/.h5, without copying data",
         description="Link tile files into one dataset through HDF5 external links (relative paths). "
                     "Tiles are the TILES given, or the grid --pattern names in --path.")
-    link.add_argument("tiles", nargs="*", help="tile files in order (default: the grid of --pattern in --path)")
+    link.add_argument("tiles", nargs="*",
+                      help="tile files in order, relative to --path (default: the grid of --pattern in --path)")
     link.add_argument("--path", default=".", help="folder of the tiles (default: the current folder)")
     link.add_argument("--filename", required=True,
                       help="linked file, relative to --path: .ims (Imaris) or .xml/.h5 (BigDataViewer)")
@@ -386,7 +387,8 @@ def _cmd_link(args: argparse.Namespace) -> int:
         if args.tiles:
             if any(v is not None for v in grid.values()) or args.pattern is not None:
                 raise ValueError("give tile files or a grid (--pattern, --x-tiles...), not both")
-            kwargs: dict = {"sources": args.tiles}
+            # relative to --path, like --filename and the grid (the help says so)
+            kwargs: dict = {"sources": [t if os.path.isabs(t) else os.path.join(folder, t) for t in args.tiles]}
         else:
             pattern = args.pattern or (DEFAULT_IMS_PATTERN if imaris else DEFAULT_BDV_PATTERN)
             kwargs = {"folder": folder, "pattern": pattern, **grid}
