@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
-from fastims import BdvEditor, BdvWriter, WriterStateError, downsample, write_bdv
+from fastims import BdvEditor, BdvWriter, FormatError, WriterStateError, downsample, write_bdv
 from fastims.bdv.layout import loopback_sources
 from fastims.bdv.spimdata import parse_spimdata
 
@@ -316,3 +316,21 @@ def test_crop_refused_while_adding_views_of_that_setup(dataset, rng):
         ed.crop_view(((0, 10), None, None), channel=1)  # another setup is fine
         with pytest.warns(UserWarning, match="z=1-17 zero-filled"):
             ed.close()
+
+
+def test_crop_of_a_damaged_view_changes_nothing(tmp_path):
+    # a corrupt chunk in time point 1 failed the crop after time point 0 had been cropped
+    data = {(t,): np.arange(16 * 64 * 64, dtype=np.uint16).reshape(16, 64, 64) + t for t in range(2)}
+    write_bdv(tmp_path / "v.xml", data, compression="gzip")
+    with h5py.File(tmp_path / "v.h5", "r") as f:
+        info = f["t00001/s00/0/cells"].id.get_chunk_info(0)
+    with open(tmp_path / "v.h5", "r+b") as fh:
+        fh.seek(info.byte_offset)
+        fh.write(b"\xff" * min(64, info.size))
+    xml_before = (tmp_path / "v.xml").read_bytes()
+    with BdvEditor(tmp_path / "v.xml") as ed:
+        with pytest.raises(FormatError, match=r"t00001/s00/0/cells planes 0\.\. cannot be read .*nothing was cropped"):
+            ed.crop_view(((0, 32), None, None))
+    assert (tmp_path / "v.xml").read_bytes() == xml_before
+    with h5py.File(tmp_path / "v.h5", "r") as f:
+        np.testing.assert_array_equal(f["t00000/s00/0/cells"][()].view(np.uint16), data[(0,)])

@@ -403,9 +403,29 @@ class BdvEditor(_ViewStreamer):
         factors = self._factors(sid, len(views[0][1]["shapes"]))
         sources = loopback_sources(factors)
         new_shapes = [tuple(-(-n // f) for n, f in zip(new0, fac)) for fac in factors]
+        # every view's region is read (decoded) once before anything is rewritten: a damaged
+        # chunk then fails the crop with the file untouched, not after earlier time points
+        # were cropped (the XML has one size per setup)
+        step = views[0][1]["chunks"][0][0]
+        (z0, z1), (y0, y1), (x0, x1) = box
+        for t, _ in views:
+            for z in range(z0, z1, step):
+                try:
+                    self._engine.call(self._read_region, t, sid, (z, min(z + step, z1), y0, y1, x0, x1))
+                except OSError as exc:
+                    raise FormatError(f"{self.h5_path}: {cells_path(t, sid, 0)} planes {z}.. cannot be read "
+                                      f"({exc}); nothing was cropped") from exc
         chunks = None
+        done: list[int] = []
         for t, info in views:
-            chunks = self._crop_one(t, sid, info, box, factors, sources, new_shapes)  # type: ignore[arg-type]
+            try:
+                chunks = self._crop_one(t, sid, info, box, factors, sources, new_shapes)  # type: ignore[arg-type]
+            except BaseException as exc:
+                if done:
+                    exc.add_note(f"time points {done} of setup {sid} were cropped already; the XML "
+                                 f"still gives the old size")
+                raise
+            done.append(t)
         data_type = self._engine.call(self._setup_data_type, sid)
         self._engine.call(
             lambda: write_setup_tables(self._file, sid, factors=factors, chunks=chunks, data_type=data_type)
