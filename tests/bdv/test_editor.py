@@ -334,3 +334,17 @@ def test_crop_of_a_damaged_view_changes_nothing(tmp_path):
     assert (tmp_path / "v.xml").read_bytes() == xml_before
     with h5py.File(tmp_path / "v.h5", "r") as f:
         np.testing.assert_array_equal(f["t00000/s00/0/cells"][()].view(np.uint16), data[(0,)])
+
+
+def test_crop_through_a_link_bdv_master_is_refused(tmp_path):
+    # it cropped the tile's own .h5 and left the tile's XML describing the old size
+    from fastims import link_bdv
+
+    for i in range(2):
+        write_bdv(tmp_path / f"b{i}.xml", np.full((4, 16, 16), i, np.uint16))
+    link_bdv(tmp_path / "m.xml", [tmp_path / "b0.xml", tmp_path / "b1.xml"])
+    before = (tmp_path / "b1.h5").read_bytes()
+    with BdvEditor(tmp_path / "m.xml") as ed:
+        with pytest.raises(ValueError, match="b1.h5, a BDV dataset of its own"):
+            ed.crop_view(((0, 8), None, None), tile=1)
+    assert (tmp_path / "b1.h5").read_bytes() == before

@@ -403,6 +403,14 @@ class BdvEditor(_ViewStreamer):
         factors = self._factors(sid, len(views[0][1]["shapes"]))
         sources = loopback_sources(factors)
         new_shapes = [tuple(-(-n // f) for n, f in zip(new0, fac)) for fac in factors]
+        for t, _ in views:
+            own = self._engine.call(self._own_dataset_of, t, sid)
+            if own is not None:
+                raise ValueError(
+                    f"setup {sid} is stored in {own.with_suffix('.h5').name}, a BDV dataset of its own "
+                    f"({own.name}, e.g. a tile of link_bdv); crop it there: cropping through this "
+                    f"file would leave {own.name} describing the old size"
+                )
         # every view's region is read (decoded) once before anything is rewritten: a damaged
         # chunk then fails the crop with the file untouched, not after earlier time points
         # were cropped (the XML has one size per setup)
@@ -927,6 +935,19 @@ class BdvEditor(_ViewStreamer):
                 new = codec.create_dataset(parent, _CROP_SUFFIX, shape=shapes[li], dtype=ds.dtype,
                                            chunks=chunks[li], maxshape=(None, None, None))
                 ref.id = new.id
+
+    def _own_dataset_of(self, t: int, sid: int) -> Path | None:
+        """The XML of another BDV dataset whose .h5 holds this view (a linked tile), if any."""
+        stored = Path(self._file[cells_path(t, sid, 0)].file.filename)
+        xml = stored.with_suffix(".xml")
+        if stored.resolve() == Path(self.h5_path).resolve() or not xml.is_file():
+            return None
+        try:
+            loader = ET.parse(xml).getroot().find("SequenceDescription/ImageLoader/hdf5")
+        except ET.ParseError:
+            return None
+        named = (loader.text or "").strip() if loader is not None else ""
+        return xml if named and (xml.parent / named).resolve() == stored.resolve() else None
 
     def _read_region(self, t: int, sid: int, region: tuple[int, ...]) -> np.ndarray:
         z0, z1, y0, y1, x0, x1 = region
