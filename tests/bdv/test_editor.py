@@ -9,6 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
+import fastims
 from fastims import BdvEditor, BdvWriter, FormatError, WriterStateError, downsample, write_bdv
 from fastims.bdv.layout import loopback_sources
 from fastims.bdv.spimdata import parse_spimdata
@@ -348,3 +349,24 @@ def test_crop_through_a_link_bdv_master_is_refused(tmp_path):
         with pytest.raises(ValueError, match="b1.h5, a BDV dataset of its own"):
             ed.crop_view(((0, 8), None, None), tile=1)
     assert (tmp_path / "b1.h5").read_bytes() == before
+
+
+@pytest.mark.parametrize("maker", ["pybdv", "fastims"])
+def test_added_channel_is_calibrated_like_the_file(tmp_path, maker):
+    # new setups were calibrated to the smallest voxel (BigStitcher's way) whatever the file
+    # did: a channel added to a pybdv file (physical-unit affines) came out 2.5x too large
+    arr = np.arange(8 * 20 * 24, dtype=np.uint16).reshape(8, 20, 24)
+    xml = tmp_path / "d.xml"
+    if maker == "pybdv":
+        pybdv = pytest.importorskip("pybdv")
+        for sid in range(2):
+            pybdv.make_bdv(arr, str(tmp_path / "d.h5"), resolution=[2.0, 0.4, 0.4], unit="micrometer",
+                           setup_id=sid, downscale_factors=None)
+    else:
+        write_bdv(xml, {(0, 0, c): arr for c in range(2)}, voxel_size=(2.0, 0.4, 0.4))
+    with BdvEditor(xml) as ed:
+        ed.add_view(channel=2, shape=arr.shape, dtype="uint16", voxel_size=(2.0, 0.4, 0.4), unit="micrometer")
+        ed.write(arr, channel=2)
+    with fastims.open(xml) as r:
+        old, new = r.affine(0, 0), r.affine(0, 2)
+    np.testing.assert_allclose(new, old)

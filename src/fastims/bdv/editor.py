@@ -20,6 +20,7 @@ All HDF5 access runs in the engine's single HDF5 thread.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import warnings
 import xml.etree.ElementTree as ET
@@ -670,7 +671,7 @@ class BdvEditor(_ViewStreamer):
         if seq is None or setups_elem is None:
             raise FormatError(f"{self.xml_path}: no SequenceDescription/ViewSetups")
         all_setups = self._setups_for_calibration()
-        smallest = _smallest(all_setups)
+        smallest = self._world_unit() or _smallest(all_setups)
         new_setups = [s for sid, s in sorted(self._setups.items()) if sid not in self._xml_setups]
         # kinds the file's setups use (BDV's own files often name only the channel)
         kinds = {k for vs in self._xml_setups.values() for k in vs.attributes} or set(ATTRIBUTE_KINDS)
@@ -730,6 +731,33 @@ class BdvEditor(_ViewStreamer):
                         for vt in reg.findall("ViewTransform") if vt.findtext("affine")
                     ]
         return super()._registration(view, smallest)
+
+    def _world_unit(self) -> tuple[float, str] | None:
+        """The length one world unit stands for in the file's own registrations, if it tells.
+
+        BigStitcher calibrates views to the smallest voxel (a world unit is that voxel), pybdv
+        and others to the physical unit itself: new setups must follow the file, or a channel
+        added to a pybdv file is drawn 2.5x too large. Read from an existing setup's composed
+        registration: its voxel's x size over the length of its x axis in world units.
+        """
+        for sid, vs in sorted(self._xml_setups.items()):
+            if not vs.voxel_size:
+                continue
+            for t in sorted(self._timepoints):
+                reg = self._registration_elem(t, sid)
+                if reg is None:
+                    continue
+                composed = np.eye(4)
+                for vt in reg.findall("ViewTransform"):
+                    text = vt.findtext("affine")
+                    if text:
+                        m = np.eye(4)
+                        m[:3] = np.array([float(v) for v in text.split()]).reshape(3, 4)
+                        composed = composed @ m
+                length = float(np.linalg.norm(composed[:3, 0]))
+                if length > 0 and math.isfinite(length):
+                    return vs.voxel_size[2] / length, vs.unit or "um"
+        return None
 
     def _setups_for_calibration(self) -> list[tuple[tuple[float, ...], str]]:
         out = [(tuple(vs.voxel_size), vs.unit or "") for vs in self._xml_setups.values() if vs.voxel_size]
