@@ -370,3 +370,29 @@ def test_added_channel_is_calibrated_like_the_file(tmp_path, maker):
     with fastims.open(xml) as r:
         old, new = r.affine(0, 0), r.affine(0, 2)
     np.testing.assert_allclose(new, old)
+
+
+@pytest.mark.parametrize("maker", ["npy2bdv", "fastims"])
+def test_added_channel_keeps_the_files_levels(tmp_path, maker):
+    # a new setup got the default levels (one, for this size), so the whole dataset read as
+    # one level
+    arr = np.arange(16 * 64 * 72, dtype=np.uint16).reshape(16, 64, 72)
+    xml = tmp_path / "d.xml"
+    if maker == "npy2bdv":
+        npy2bdv = pytest.importorskip("npy2bdv")
+        w = npy2bdv.BdvWriter(str(tmp_path / "d.h5"), nchannels=1, subsamp=((1, 1, 1), (2, 2, 2), (4, 4, 4)),
+                              blockdim=((8, 32, 32),) * 3)
+        w.append_view(arr, time=0, channel=0)
+        w.write_xml()
+        w.close()
+    else:
+        write_bdv(xml, arr, factors=[(1, 1, 1), (2, 2, 2), (4, 4, 4)])
+    with fastims.open(xml) as r:
+        assert r.levels == 3
+    with BdvEditor(xml) as ed:
+        ed.add_view(channel=1, shape=arr.shape, dtype="uint16")
+        ed.write(arr, channel=1)
+    with fastims.open(xml) as r:
+        assert r.levels == 3
+        # npy2bdv rounds its means its own way: within one grey level of BDV's rule
+        np.testing.assert_allclose(r.level(2).asarray(c=1), r.level(2).asarray(c=0), atol=1)

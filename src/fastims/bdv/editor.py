@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from fastims.bdv import xmlwrite
-from fastims.bdv.layout import BdvLevel, loopback_sources, write_chunks
+from fastims.bdv.layout import BdvLevel, loopback_sources, plan_levels, write_chunks
 from fastims.bdv.spimdata import parse_spimdata
 from fastims.bdv.writer import (
     _Setup,
@@ -552,6 +552,27 @@ class BdvEditor(_ViewStreamer):
                 raise ValueError(f"view time={t} {_keys_text(keys)} already holds data")
             self._ensure_setup(sid)
         super().add_view(**kwargs)
+
+    def _plan_levels(self, dims: tuple[int, int, int], itemsize: int, vox: tuple[float, ...]) -> list[BdvLevel]:
+        """A new setup of an existing one's size gets its levels (and chunks when they stream).
+
+        The default rule gave a new channel other levels than the file's setups, and a
+        reader's levels are those every setup has: the whole dataset lost its pyramid.
+        """
+        if self.factors is None and self.chunks is None:
+            for sid, vs in sorted(self._xml_setups.items()):
+                if vs.size is None or tuple(vs.size) != tuple(dims):
+                    continue
+                try:
+                    info = self._engine.call(self._setup_info, sid)
+                except (FormatError, KeyError):
+                    continue
+                try:
+                    return plan_levels(dims, itemsize=itemsize, voxel_size=vox, factors=info["factors"],
+                                       chunks=info["chunks"])
+                except ValueError:  # chunks fastims cannot stream into (z depth vs factors)
+                    return plan_levels(dims, itemsize=itemsize, voxel_size=vox, factors=info["factors"])
+        return super()._plan_levels(dims, itemsize, vox)
 
     def _setup_declared(self, setup: _Setup) -> None:
         if setup.id not in self._xml_setups:

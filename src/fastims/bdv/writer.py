@@ -511,7 +511,7 @@ class _ViewStreamer(EngineWriter):
             storage, stream_dtype, typed = np.dtype(np.int16), np.dtype(np.uint16), False
         else:
             storage, stream_dtype, typed = dt, dt, True
-        levels = plan_levels(dims, itemsize=dt.itemsize, voxel_size=vox, factors=self.factors, chunks=self.chunks)
+        levels = self._plan_levels(dims, dt.itemsize, vox)
         if name is not None and not isinstance(name, str):
             raise TypeError(f"name must be a str, got {name!r}")
         return _Setup(
@@ -519,6 +519,10 @@ class _ViewStreamer(EngineWriter):
             typed=typed, voxel_size=vox, unit=unit, name=name if name is not None else f"setup {sid}",  # type: ignore[arg-type]
             exposure_time=exposure, exposure_unit=exposure_unit, levels=levels, codec=self._codec(storage),
         )
+
+    def _plan_levels(self, dims: tuple[int, int, int], itemsize: int, vox: tuple[float, ...]) -> list[BdvLevel]:
+        """The levels of a new setup: the writer's factors and chunks, or the default rule."""
+        return plan_levels(dims, itemsize=itemsize, voxel_size=vox, factors=self.factors, chunks=self.chunks)
 
     def _view(self, time: Any, keys: Mapping[str, int]) -> _View:
         t = self._check_time(time)
