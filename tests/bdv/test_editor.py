@@ -396,3 +396,26 @@ def test_added_channel_keeps_the_files_levels(tmp_path, maker):
         assert r.levels == 3
         # npy2bdv rounds its means its own way: within one grey level of BDV's rule
         np.testing.assert_allclose(r.level(2).asarray(c=1), r.level(2).asarray(c=0), atol=1)
+
+
+def test_exception_in_the_block_drops_views_being_added(tmp_path):
+    # they were described in the XML (missing views) and their groups left in the .h5
+    arr = np.arange(16 * 64 * 64, dtype=np.uint16).reshape(16, 64, 64)
+    write_bdv(tmp_path / "v.xml", arr, compression="gzip")
+    before = (tmp_path / "v.xml").read_bytes()
+    with pytest.raises(ValueError, match=r"\(Z', 64, 64\)"):
+        with BdvEditor(tmp_path / "v.xml") as ed:
+            ed.add_view(channel=1, shape=arr.shape, dtype="uint16")
+            ed.write_plane(arr[0], z=0, channel=1)
+            ed.write_plane(np.zeros((64, 65), np.uint16), z=1, channel=1)
+    assert (tmp_path / "v.xml").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.h5", "v.xml"]
+    with h5py.File(tmp_path / "v.h5", "r") as f:
+        assert "s01" not in f and "s01" not in f["t00000"]
+    # edits made before the exception are kept: the crop is in the .h5, so the XML follows it
+    with pytest.raises(RuntimeError, match="later"):
+        with BdvEditor(tmp_path / "v.xml") as ed:
+            ed.crop_view(((0, 32), None, None))
+            raise RuntimeError("later")
+    with fastims.open(tmp_path / "v.xml") as r:
+        np.testing.assert_array_equal(r.asarray(), arr[:, :, :32])

@@ -19,6 +19,7 @@ All HDF5 access runs in the engine's single HDF5 thread.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -842,11 +843,29 @@ class BdvEditor(_ViewStreamer):
         xmlwrite.write_xml(self.xml_path, self._root, backup=backup)
         self._dirty = False
 
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is not None and not self._closed:
+            # an exception in the block: the views it was adding are dropped with their partial
+            # data; edits already made (crops, transforms, metadata) are kept and saved
+            self.abort()
+            return
+        super().__exit__(exc_type, exc, tb)
+
     def _finish(self) -> BaseException | None:
         incomplete: dict[tuple[int, int], str] = {}
         if self._engine.error is None:
             incomplete = self._finish_streams()
-        self._engine.wait()
+        if self._engine.aborted:
+            with contextlib.suppress(BaseException):  # the abort's own error, once the tasks are done
+                self._engine.wait()
+            pending = [key for key in self._views if key not in self._applied]
+            self._engine.call(self._remove_views, pending)
+            for key in pending:
+                del self._views[key]
+            for sid in {sid for _, sid in pending} - set(self._xml_setups):
+                self._setups.pop(sid, None)
+        else:
+            self._engine.wait()
         self._apply_views_to_xml()
         self._write_xml()
         return self._report_incomplete(incomplete)
@@ -997,6 +1016,17 @@ class BdvEditor(_ViewStreamer):
             return None
         named = (loader.text or "").strip() if loader is not None else ""
         return xml if named and (xml.parent / named).resolve() == stored.resolve() else None
+
+    def _remove_views(self, keys: list[tuple[int, int]]) -> None:
+        """Delete what views being added had written (their groups, and new setups' tables)."""
+        f = self._file
+        for t, sid in keys:
+            for path in (f"t{t:05d}/s{sid:02d}", *([setup_group(sid)] if sid not in self._xml_setups else [])):
+                if f.get(path, getlink=True) is not None:
+                    del f[path]
+            group = f"t{t:05d}"
+            if t not in self._timepoints and group in f and not len(f[group]):
+                del f[group]
 
     def _read_region(self, t: int, sid: int, region: tuple[int, ...]) -> np.ndarray:
         z0, z1, y0, y1, x0, x1 = region
