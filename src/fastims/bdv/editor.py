@@ -741,7 +741,7 @@ class BdvEditor(_ViewStreamer):
         self._applied.update(streamed)
         self._dirty = True
 
-    def _template_registration(self, sid: int, view: _View, smallest: tuple[float, str]) -> list[tuple[str, np.ndarray]]:
+    def _template_registration(self, sid: int, view: _View, smallest: tuple[Any, str]) -> list[tuple[str, np.ndarray]]:
         """A new view of an existing setup copies that setup's registration; others get calibration."""
         if view.affine is None:
             for t in sorted(self._timepoints):
@@ -754,13 +754,14 @@ class BdvEditor(_ViewStreamer):
                     ]
         return super()._registration(view, smallest)
 
-    def _world_unit(self) -> tuple[float, str] | None:
-        """The length one world unit stands for in the file's own registrations, if it tells.
+    def _world_unit(self) -> tuple[tuple[float, float, float], str] | None:
+        """The (z, y, x) length one world unit stands for in the file's own registrations.
 
-        BigStitcher calibrates views to the smallest voxel (a world unit is that voxel), pybdv
-        and others to the physical unit itself: new setups must follow the file, or a channel
-        added to a pybdv file is drawn 2.5x too large. Read from an existing setup's composed
-        registration: its voxel's x size over the length of its x axis in world units.
+        BigStitcher calibrates views to the smallest voxel (a world unit is that voxel on
+        every axis), pybdv to the physical unit, or to the voxel itself (identity affines): new
+        setups must follow the file, or a channel added to a pybdv file is drawn 2.5x too
+        large. Read from an existing setup's composed registration: each axis's voxel size
+        over the length of that axis in world units.
         """
         for sid, vs in sorted(self._xml_setups.items()):
             if not vs.voxel_size:
@@ -776,9 +777,10 @@ class BdvEditor(_ViewStreamer):
                         m = np.eye(4)
                         m[:3] = np.array([float(v) for v in text.split()]).reshape(3, 4)
                         composed = composed @ m
-                length = float(np.linalg.norm(composed[:3, 0]))
-                if length > 0 and math.isfinite(length):
-                    return vs.voxel_size[2] / length, vs.unit or "um"
+                lengths = np.linalg.norm(composed[:3, :3], axis=0)[::-1]  # z, y, x
+                if np.all(lengths > 0) and np.all(np.isfinite(lengths)):
+                    per_axis = tuple(float(v / n) for v, n in zip(vs.voxel_size, lengths))
+                    return per_axis, vs.unit or "um"  # type: ignore[return-value]
         return None
 
     def _setups_for_calibration(self) -> list[tuple[tuple[float, ...], str]]:

@@ -626,7 +626,7 @@ class _ViewStreamer(EngineWriter):
 
     # -- XML pieces --------------------------------------------------------------------
 
-    def _registration(self, view: _View, smallest: tuple[float, str]) -> list[tuple[str, np.ndarray]]:
+    def _registration(self, view: _View, smallest: tuple[Any, str]) -> list[tuple[str, np.ndarray]]:
         setup = view.setup
         transforms = [] if view.affine is None else [view.affine]
         transforms += xmlwrite.calibration_transforms(

@@ -177,7 +177,7 @@ def length_in_meters(unit: str) -> float | None:
 def calibration_transforms(
     voxel_size: Sequence[float],
     unit: str,
-    smallest: float,
+    smallest: float | Sequence[float],
     *,
     smallest_unit: str | None = None,
     tile_location: Sequence[float] | None = None,
@@ -194,8 +194,9 @@ def calibration_transforms(
     voxel_size : sequence of float
         (z, y, x) voxel size of the view in `unit`.
     unit : str
-    smallest : float
-        Smallest voxel dimension of all views, in `smallest_unit`.
+    smallest : float or sequence of 3 floats
+        Smallest voxel dimension of all views, in `smallest_unit`; or the (z, y, x) length of
+        one world unit per axis (a file calibrated otherwise, e.g. pybdv's identity affines).
     smallest_unit : str, optional
         Unit of `smallest` (default `unit`).
     tile_location : sequence of float, optional
@@ -212,13 +213,14 @@ def calibration_transforms(
         if a is not None and b is not None:
             scale = a / b
     vz, vy, vx = (float(v) * scale for v in voxel_size)
+    sz, sy, sx = (float(smallest),) * 3 if np.ndim(smallest) == 0 else (float(v) for v in smallest)  # type: ignore[arg-type]
     cal = np.zeros((3, 4))
-    cal[0, 0], cal[1, 1], cal[2, 2] = vx / smallest, vy / smallest, vz / smallest
+    cal[0, 0], cal[1, 1], cal[2, 2] = vx / sx, vy / sy, vz / sz
     out: list[tuple[str, np.ndarray]] = []
     if tile_location is not None:
         lz, ly, lx = (float(v) * scale for v in tile_location)
         shift = np.eye(3, 4)
-        shift[:, 3] = (lx / smallest, ly / smallest, lz / smallest)
+        shift[:, 3] = (lx / sx, ly / sy, lz / sz)
         out.append(("Translation", shift))
     out.append(("calibration", cal))
     return out
