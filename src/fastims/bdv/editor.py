@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import warnings
 import xml.etree.ElementTree as ET
@@ -35,11 +34,11 @@ from fastims.bdv import xmlwrite
 from fastims.bdv.layout import BdvLevel, loopback_sources, plan_levels, write_chunks
 from fastims.bdv.spimdata import parse_spimdata
 from fastims.bdv.writer import (
+    _affine3x4,
+    _keys_text,
     _Setup,
     _View,
     _ViewStreamer,
-    _affine3x4,
-    _keys_text,
     cells_path,
     pair_paths,
     setup_group,
@@ -845,7 +844,7 @@ class BdvEditor(_ViewStreamer):
         xmlwrite.write_xml(self.xml_path, self._root, backup=backup)
         self._dirty = False
 
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         if exc_type is not None and not self._closed:
             # an exception in the block: the views it was adding are dropped with their partial
             # data; edits already made (crops, transforms, metadata) are kept and saved
