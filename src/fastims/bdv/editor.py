@@ -32,7 +32,7 @@ import numpy as np
 
 from fastims.bdv import xmlwrite
 from fastims.bdv.layout import BdvLevel, loopback_sources, plan_levels, write_chunks
-from fastims.bdv.spimdata import parse_spimdata
+from fastims.bdv.spimdata import _parse_transform, compose_affines, parse_spimdata
 from fastims.bdv.writer import (
     _affine3x4,
     _keys_text,
@@ -226,14 +226,7 @@ class BdvEditor(_ViewStreamer):
         reg = self._registration_elem(int(time), sid)
         if reg is None:
             raise KeyError(f"no ViewRegistration for time={time} setup={sid}")
-        out = []
-        for vt in reg.findall("ViewTransform"):
-            text = vt.findtext("affine")
-            if text is None:
-                continue
-            name = (vt.findtext("Name") or vt.findtext("name") or "").strip()
-            out.append((name, np.array([float(v) for v in text.split()], dtype=np.float64).reshape(3, 4)))
-        return out
+        return [(tr.name or "", tr.affine) for tr in self._affine_transforms(reg)]
 
     def read_affine(
         self,
@@ -746,12 +739,13 @@ class BdvEditor(_ViewStreamer):
             for t in sorted(self._timepoints):
                 reg = self._registration_elem(t, sid)
                 if reg is not None:
-                    return [
-                        ((vt.findtext("Name") or vt.findtext("name") or "").strip(),
-                         np.array([float(v) for v in (vt.findtext("affine") or "").split()]).reshape(3, 4))
-                        for vt in reg.findall("ViewTransform") if vt.findtext("affine")
-                    ]
+                    return [(tr.name or "", tr.affine) for tr in self._affine_transforms(reg)]
         return super()._registration(view, smallest)
+
+    def _affine_transforms(self, reg: ET.Element) -> list[Any]:
+        """A registration's affine ViewTransforms, parsed as the reader parses them."""
+        parsed = [_parse_transform(vt, str(self.xml_path)) for vt in reg.findall("ViewTransform")]
+        return [tr for tr in parsed if tr.affine is not None]
 
     def _world_unit(self) -> tuple[tuple[float, float, float], str] | None:
         """The (z, y, x) length one world unit stands for in the file's own registrations.
@@ -769,14 +763,8 @@ class BdvEditor(_ViewStreamer):
                 reg = self._registration_elem(t, sid)
                 if reg is None:
                     continue
-                composed = np.eye(4)
-                for vt in reg.findall("ViewTransform"):
-                    text = vt.findtext("affine")
-                    if text:
-                        m = np.eye(4)
-                        m[:3] = np.array([float(v) for v in text.split()]).reshape(3, 4)
-                        composed = composed @ m
-                lengths = np.linalg.norm(composed[:3, :3], axis=0)[::-1]  # z, y, x
+                composed = compose_affines(self._affine_transforms(reg))
+                lengths = np.linalg.norm(composed[:, :3], axis=0)[::-1]  # z, y, x
                 if np.all(lengths > 0) and np.all(np.isfinite(lengths)):
                     per_axis = tuple(float(v / n) for v, n in zip(vs.voxel_size, lengths))
                     return per_axis, vs.unit or "um"  # type: ignore[return-value]
