@@ -52,6 +52,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fastims import _dispatch
+from fastims._validate import native, to_dtype
 
 __all__ = ["Histogram", "ImarisHistogram", "resample_histogram"]
 
@@ -305,7 +306,7 @@ class Histogram:
             dt = np.dtype(dtype)
         except TypeError as exc:
             raise TypeError(f"Histogram: not a dtype: {dtype!r}") from exc
-        dt = dt.newbyteorder("=")
+        dt = native(dt)
         if dt not in _SUPPORTED:
             raise TypeError(
                 f"Histogram supports uint8, uint16, uint32 and float32, got {np.dtype(dtype)}"
@@ -327,12 +328,10 @@ class Histogram:
         return self._dtype
 
     def _prepare(self, data: npt.ArrayLike) -> np.ndarray:
-        a = np.asarray(data)
-        if a.dtype != self._dtype:
-            if a.dtype.newbyteorder("=") == self._dtype:
-                a = a.astype(self._dtype)  # byte-swapped input: same values, native order
-            else:
-                raise TypeError(f"expected {self._dtype} data, got {a.dtype}")
+        given = np.asarray(data)
+        a = to_dtype(given, self._dtype)  # byte-swapped input: same values, native order
+        if a is None:
+            raise TypeError(f"expected {self._dtype} data, got {given.dtype}")
         return np.ascontiguousarray(a).reshape(-1)
 
     def update(self, data: npt.ArrayLike) -> None:

@@ -26,6 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fastims import _dispatch
+from fastims._validate import native
 
 __all__ = ["RULES", "SUPPORTED_DTYPES", "downsample", "downsampled_shape"]
 
@@ -171,9 +172,7 @@ def downsample(
     arr = np.asarray(block)
     if arr.ndim not in (2, 3):
         raise ValueError(f"block must be 2-D (Y, X) or 3-D (Z, Y, X), got {arr.ndim}-D")
-    dtype = arr.dtype
-    if not dtype.isnative:
-        dtype = dtype.newbyteorder("=")
+    dtype = native(arr.dtype)
     if dtype not in SUPPORTED_DTYPES:
         names = ", ".join(str(d) for d in SUPPORTED_DTYPES)
         raise TypeError(f"unsupported dtype {arr.dtype}; expected one of {names}")
