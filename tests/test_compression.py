@@ -229,6 +229,10 @@ def test_lz4_acceleration_choice_and_bytes(rng):
             sizes = np.zeros(1, np.int64)
             codec.encode_chunks_into(data, data.shape[0], out, bound, sizes, scratch=np.empty(data.shape[0], np.uint8))
             assert out[: sizes[0]].tobytes() == expect.tobytes()
+            # chunks shuffled as they were gathered are compressed as they are
+            out[:] = 0
+            codec.encode_chunks_into(payload, data.shape[0], out, bound, sizes, shuffled=True)
+            assert out[: sizes[0]].tobytes() == expect.tobytes()
             np.testing.assert_array_equal(codec.decode(expect, chunk.shape, chunk.dtype), chunk)
 
 

@@ -14,11 +14,12 @@ def gather_chunk(
     of shape (cz, cy, cx) and the same dtype, writing zeros where the chunk lies beyond `src`."""
 
 def gather_row(
-    parts: list[npt.NDArray[np.uint8] | None], g: int, depth: int, y0: int, x0: int, out: npt.NDArray[np.uint8]
+    parts: list[npt.NDArray[np.uint8] | None], g: int, depth: int, y0: int, x0: int, out: npt.NDArray[np.uint8],
+    itemsize: int = 1,
 ) -> None:
     """Fill `out` (n, cz, cy, cxb) uint8 with the n chunks at row `y0`, byte `x0` onwards, of a
     slab held as byte parts (g', Y, Xb) of `g` planes (None or planes beyond `depth` read as
-    zeros), zero-padded."""
+    zeros), zero-padded; each chunk byte-shuffled (HDF5 filter 2) when ``itemsize > 1``."""
 
 def shuffle(src: npt.NDArray[np.uint8], itemsize: int, out: npt.NDArray[np.uint8]) -> None:
     """HDF5 byte-shuffle (filter 2) of 1-D uint8 `src` into ``out[:len(src)]``."""

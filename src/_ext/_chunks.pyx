@@ -4,7 +4,7 @@
 ``gather_chunk`` cuts one chunk out of a C-contiguous (Z, Y, X) slab and pads the part of the
 chunk that lies beyond the slab with zeros, as HDF5 edge chunks and Imaris' padded ``Data``
 need; ``gather_row`` does the same for a run of chunks of a slab held in parts (the engine's
-slabs), in one call. ``shuffle``/``unshuffle`` implement HDF5's byte-shuffle filter (filter id
+slabs), in one call, optionally byte-shuffling as it copies. ``shuffle``/``unshuffle`` implement HDF5's byte-shuffle filter (filter id
 2, ``H5Zshuffle.c``) bit for bit, including its handling of trailing bytes. ``lz4_frame`` writes
 the HDF5-LZ4 frame (filter 32004) of a chunk into a caller's buffer through liblz4's
 ``LZ4_compress_fast``;
@@ -40,13 +40,58 @@ cdef enum:
 # gather + pad
 # ---------------------------------------------------------------------------------------
 
+@cython.cdivision(True)
+cdef inline void _zero_bytes(char* out, Py_ssize_t off, Py_ssize_t nbytes, Py_ssize_t k,
+                             Py_ssize_t n) noexcept nogil:
+    """Zero chunk bytes [off, off + nbytes) of `out` (k > 1: of its HDF5 shuffle of `n` elements)."""
+    cdef Py_ssize_t b
+    if k <= 1:
+        memset(out + off, 0, nbytes)
+        return
+    for b in range(k):
+        memset(out + b * n + off // k, 0, nbytes // k)
+
+
+@cython.cdivision(True)
+cdef inline void _put_bytes(char* out, Py_ssize_t off, const char* src, Py_ssize_t nbytes,
+                            Py_ssize_t k, Py_ssize_t n) noexcept nogil:
+    """Copy `src` to chunk bytes [off, off + nbytes) of `out`; with k > 1 `out` holds the
+    chunk byte-shuffled (HDF5 filter 2, `n` elements of `k` bytes): byte b of element i is
+    at ``out[b * n + i]``, so the copy splits the elements into their byte planes."""
+    cdef Py_ssize_t i, b, m = nbytes // k, e = off // k
+    cdef const uint8_t* s = <const uint8_t*>src
+    cdef uint8_t* d = <uint8_t*>out + e
+    if k <= 1:
+        memcpy(out + off, src, nbytes)
+    elif k == 2:
+        for i in range(m):
+            d[i] = s[2 * i]
+            d[n + i] = s[2 * i + 1]
+    elif k == 4:
+        for i in range(m):
+            d[i] = s[4 * i]
+            d[n + i] = s[4 * i + 1]
+            d[2 * n + i] = s[4 * i + 2]
+            d[3 * n + i] = s[4 * i + 3]
+    else:
+        for b in range(k):
+            for i in range(m):
+                d[b * n + i] = s[i * k + b]
+
+
+@cython.cdivision(True)
 cdef void _gather_bytes(
     const char* src, Py_ssize_t sz, Py_ssize_t sy, Py_ssize_t sx,
     Py_ssize_t z0, Py_ssize_t y0, Py_ssize_t x0,
-    char* out, Py_ssize_t cz, Py_ssize_t cy, Py_ssize_t cx,
-    Py_ssize_t itemsize,
+    char* out, Py_ssize_t off, Py_ssize_t cz, Py_ssize_t cy, Py_ssize_t cx,
+    Py_ssize_t itemsize, Py_ssize_t k, Py_ssize_t n,
 ) noexcept nogil:
-    """Copy the in-bounds part of the chunk row by row; zero everything else."""
+    """Copy the in-bounds part of the chunk row by row; zero everything else.
+
+    The chunk's planes are written at byte `off` of the chunk `out` (a run of a chunk's
+    planes may come from one source); with `k` > 1, `out` holds the whole chunk of `n`
+    elements byte-shuffled (see _put_bytes), else plainly.
+    """
     cdef Py_ssize_t row = cx * itemsize
     cdef Py_ssize_t plane = cy * row
     # the x overlap is the same for every row: [xa, xb) in source coordinates
@@ -55,38 +100,37 @@ cdef void _gather_bytes(
     cdef Py_ssize_t lead, body, tail
     cdef Py_ssize_t ya = y0 if y0 > 0 else 0
     cdef Py_ssize_t yb = y0 + cy if y0 + cy < sy else sy
-    cdef Py_ssize_t k, j, z, y
-    cdef char* o
+    cdef Py_ssize_t kz, j, z, y, o
     cdef const char* s
     if xb <= xa or yb <= ya:
-        memset(out, 0, cz * plane)
+        _zero_bytes(out, off, cz * plane, k, n)
         return
     lead = (xa - x0) * itemsize
     body = (xb - xa) * itemsize
     tail = row - lead - body
-    for k in range(cz):
-        z = z0 + k
-        o = out + k * plane
+    for kz in range(cz):
+        z = z0 + kz
+        o = off + kz * plane
         if z < 0 or z >= sz:
-            memset(o, 0, plane)
+            _zero_bytes(out, o, plane, k, n)
             continue
-        # rows above / below the slab, as one memset each
+        # rows above / below the slab, as one zeroing each
         if ya > y0:
-            memset(o, 0, (ya - y0) * row)
+            _zero_bytes(out, o, (ya - y0) * row, k, n)
         if y0 + cy > yb:
-            memset(o + (yb - y0) * row, 0, (y0 + cy - yb) * row)
+            _zero_bytes(out, o + (yb - y0) * row, (y0 + cy - yb) * row, k, n)
         s = src + ((z * sy + ya) * sx + xa) * itemsize
         o = o + (ya - y0) * row
         if lead == 0 and tail == 0 and body == sx * itemsize:
             # chunk spans whole source rows: the in-bounds rows are one contiguous block
-            memcpy(o, s, (yb - ya) * row)
+            _put_bytes(out, o, s, (yb - ya) * row, k, n)
             continue
         for j in range(yb - ya):
             if lead:
-                memset(o, 0, lead)
-            memcpy(o + lead, s, body)
+                _zero_bytes(out, o, lead, k, n)
+            _put_bytes(out, o + lead, s, body, k, n)
             if tail:
-                memset(o + lead + body, 0, tail)
+                _zero_bytes(out, o + lead + body, tail, k, n)
             o += row
             s += sx * itemsize
 
@@ -125,11 +169,11 @@ def gather_chunk(
     else:
         sp = <const char*>&src[0, 0, 0]
     with nogil:
-        _gather_bytes(sp, sz, sy, sx, z0, y0, x0, op, cz, cy, cx, itemsize)
+        _gather_bytes(sp, sz, sy, sx, z0, y0, x0, op, 0, cz, cy, cx, itemsize, 1, 0)
 
 
 def gather_row(list parts, Py_ssize_t g, Py_ssize_t depth, Py_ssize_t y0, Py_ssize_t x0,
-               uint8_t[:, :, :, ::1] out) -> None:
+               uint8_t[:, :, :, ::1] out, Py_ssize_t itemsize=1) -> None:
     """Cut consecutive chunks of a row out of a slab held in parts of `g` planes, zero-padded.
 
     One call per run of chunks instead of one per (chunk, part): the engine's slabs are
@@ -152,17 +196,27 @@ def gather_row(list parts, Py_ssize_t g, Py_ssize_t depth, Py_ssize_t y0, Py_ssi
     out : ndarray of uint8, shape (n, cz, cy, cxb), C-contiguous
         Receives chunk ``i`` = slab bytes ``[0:cz, y0:y0+cy, x0+i*cxb:x0+(i+1)*cxb]``,
         zero-padded beyond the slab.
+    itemsize : int, default 1
+        Above 1, each chunk is stored byte-shuffled as HDF5's shuffle filter (id 2) with this
+        element size encodes it, in the same pass: the chunks of a shuffled codec then need
+        no second pass over their bytes. `x0`, ``cxb`` and the parts' row bytes must be
+        multiples of it.
     """
     cdef Py_ssize_t n = out.shape[0], cz = out.shape[1], cy = out.shape[2], cxb = out.shape[3]
     cdef Py_ssize_t nparts = len(parts)
     cdef Py_ssize_t sy = -1, sx = -1, k, ix, kz, valid
     cdef Py_ssize_t chunk = cz * cy * cxb
+    cdef Py_ssize_t nelem = chunk // itemsize if itemsize > 0 else 0
     cdef const uint8_t[:, :, ::1] view
     cdef const char** ptrs
     cdef Py_ssize_t* depths
     cdef char* op
     if g < 1:
         raise ValueError(f"g must be >= 1, got {g}")
+    if itemsize < 1:
+        raise ValueError(f"itemsize must be >= 1, got {itemsize}")
+    if x0 % itemsize or cxb % itemsize:
+        raise ValueError(f"x0 ({x0}) and the chunk row ({cxb} bytes) must be whole {itemsize}-byte elements")
     if n == 0 or chunk == 0:
         return
     op = <char*>&out[0, 0, 0, 0]
@@ -186,6 +240,8 @@ def gather_row(list parts, Py_ssize_t g, Py_ssize_t depth, Py_ssize_t y0, Py_ssi
                 continue
             if sy < 0:
                 sy, sx = view.shape[1], view.shape[2]
+                if sx % itemsize:
+                    raise ValueError(f"part rows of {sx} bytes are not whole {itemsize}-byte elements")
             elif view.shape[1] != sy or view.shape[2] != sx:
                 raise ValueError(f"part {k} is {view.shape[1]} x {view.shape[2]}, part 0 {sy} x {sx}")
             views.append(view)
@@ -196,10 +252,10 @@ def gather_row(list parts, Py_ssize_t g, Py_ssize_t depth, Py_ssize_t y0, Py_ssi
                 for k in range((cz + g - 1) // g):
                     kz = min(g, cz - k * g)  # chunk planes this part fills
                     if k >= nparts or ptrs[k] == NULL:
-                        memset(op + ix * chunk + k * g * cy * cxb, 0, kz * cy * cxb)
+                        _zero_bytes(op + ix * chunk, k * g * cy * cxb, kz * cy * cxb, itemsize, nelem)
                     else:
-                        _gather_bytes(ptrs[k], depths[k], sy, sx, 0, y0, x0 + ix * cxb,
-                                      op + ix * chunk + k * g * cy * cxb, kz, cy, cxb, 1)
+                        _gather_bytes(ptrs[k], depths[k], sy, sx, 0, y0, x0 + ix * cxb, op + ix * chunk,
+                                      k * g * cy * cxb, kz, cy, cxb, 1, itemsize, nelem)
     finally:
         free(ptrs)
         free(depths)

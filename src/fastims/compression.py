@@ -114,6 +114,9 @@ _FLAG_OPTIONAL = 0x0001
 #: LZ4 block size recorded in ``cd_values`` (ImarisWriter's and the filter's default, 1 GiB)
 LZ4_BLOCK_SIZE = 1 << 30
 
+#: the scratch argument of kernels that need none
+_NO_SCRATCH = np.empty(0, np.uint8)
+
 #: LZ4 acceleration for byte-shuffled chunks (module docstring); unshuffled chunks use 1
 LZ4_SHUFFLED_ACCELERATION = 2
 
@@ -644,7 +647,7 @@ class Codec:
         return int(_dispatch.kernel("lz4_frame")(data, out, lz4_compress_address(), self.lz4_acceleration))
 
     def encode_chunks_into(self, data: np.ndarray, chunk_bytes: int, out: np.ndarray, stride: int,
-                           sizes: np.ndarray, *, scratch: np.ndarray) -> None:
+                           sizes: np.ndarray, *, scratch: np.ndarray | None = None, shuffled: bool = False) -> None:
         """Shuffle (if needed) and compress ``len(sizes)`` consecutive chunks in one kernel call.
 
         Parameters
@@ -659,12 +662,18 @@ class Codec:
             At least :meth:`frame_bound` of `chunk_bytes`.
         sizes : ndarray of int64
             Receives each encoded length; chunk ``i`` equals :meth:`compress` of its bytes.
-        scratch : ndarray of uint8
-            ``chunk_bytes`` of room for a shuffled chunk.
+        scratch : ndarray of uint8, optional
+            ``chunk_bytes`` of room for a shuffled chunk (keep one per worker thread);
+            allocated per call when needed and omitted.
+        shuffled : bool, default False
+            The chunks are already byte-shuffled (``gather_row`` with the item size), so
+            they are compressed as they are.
         """
         if self.frame_bound(chunk_bytes) is None:
             raise ValueError(f"{self.encoder} cannot encode {chunk_bytes}-byte chunks into a buffer")
-        _dispatch.kernel("lz4_frames")(data, chunk_bytes, self.itemsize if self.shuffles else 1, scratch,
+        itemsize = self.itemsize if self.shuffles and not shuffled else 1
+        scratch = self._scratch(scratch, chunk_bytes) if itemsize > 1 else _NO_SCRATCH
+        _dispatch.kernel("lz4_frames")(data, chunk_bytes, itemsize, scratch,
                                        lz4_compress_address(), out, stride, sizes, self.lz4_acceleration)
 
     def decode(self, data: Any, shape: Sequence[int], dtype: npt.DTypeLike) -> np.ndarray:

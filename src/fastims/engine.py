@@ -1143,22 +1143,24 @@ class Engine:
         # scratch does not grow with the layout's rows (memory stays flat in Z)
         k = max(1, min(n, self.GROUP_BYTES // chunk_bytes))
         group = self._scratch("group", k * chunk_bytes).reshape(k, cz, cy, cx * itemsize)
-        shuffled = self._scratch("shuffled", chunk_bytes)
         gather = _dispatch.kernel("gather_row")
+        # a shuffled codec's chunks are shuffled as they are gathered: one pass over the bytes
+        shuffle = itemsize if codec.shuffles else 1
         for i0 in range(0, n, k):
             if self._error is not None:
                 return
             m = min(k, n - i0)
-            gather(parts, slab.g, slab.depth, y0, i0 * cx * itemsize, group[:m])
+            gather(parts, slab.g, slab.depth, y0, i0 * cx * itemsize, group[:m], shuffle)
             offsets = [(slab.z0, iy * cy, ix * cx) for ix in range(i0, i0 + m)]
-            self._encode_group(dataset, offsets, group[:m].reshape(-1), chunk_bytes, codec, shuffled)
+            self._encode_group(dataset, offsets, group[:m].reshape(-1), chunk_bytes, codec)
 
     #: bytes of chunks gathered and encoded by one step of a compressed chunk row
     GROUP_BYTES = 4 << 20
 
-    def _encode_group(self, dataset: Any, offsets: list[tuple], data: np.ndarray, chunk_bytes: int, codec: Codec,
-                      scratch: np.ndarray) -> None:
-        """Compress consecutive gathered chunks (`data`, bytes) and queue them for the writer thread."""
+    def _encode_group(self, dataset: Any, offsets: list[tuple], data: np.ndarray, chunk_bytes: int,
+                      codec: Codec) -> None:
+        """Compress consecutive gathered chunks (`data`, bytes, already shuffled if the codec
+        shuffles) and queue them for the writer thread."""
         m = len(offsets)
         bound = codec.frame_bound(chunk_bytes)
         if bound is not None:
@@ -1166,21 +1168,14 @@ class Engine:
             out = self._take_io((m * bound,), np.uint8)
             try:
                 sizes = np.empty(m, np.int64)
-                codec.encode_chunks_into(data, chunk_bytes, out, bound, sizes, scratch=scratch)
+                codec.encode_chunks_into(data, chunk_bytes, out, bound, sizes, shuffled=True)
             except BaseException:
                 self._give_io(out)
                 raise
             payloads = [out[i * bound : i * bound + size] for i, size in enumerate(sizes.tolist())]
             self._put(("chunks", dataset, offsets, payloads, int(sizes.sum()), out))
             return
-        shuffle = _dispatch.kernel("shuffle") if codec.shuffles else None
-        payloads = []
-        for i in range(m):
-            chunk = data[i * chunk_bytes : (i + 1) * chunk_bytes]
-            if shuffle is not None:
-                shuffle(chunk, codec.itemsize, scratch)
-                chunk = scratch
-            payloads.append(codec.compress(chunk))
+        payloads = [codec.compress(data[i * chunk_bytes : (i + 1) * chunk_bytes]) for i in range(m)]
         nbytes = sum(len(p) for p in payloads)
         self._reserve_io(nbytes)  # new bytes objects, counted here
         self._put(("chunks", dataset, offsets, payloads, nbytes, None))

@@ -285,10 +285,12 @@ def test_lz4_frame_acceleration_reaches_liblz4(acceleration):
     iy=st.integers(0, 3),
     ix0=st.integers(0, 2),
     dtype=st.sampled_from(GATHER_DTYPES),
+    shuffled=st.booleans(),
     seed=st.integers(0, 2**32 - 1),
 )
-def test_gather_row_matches_twin_and_slab(yx, chunk, g, depth_cut, holes, short, iy, ix0, dtype, seed):
-    """Chunks of a row equal the zero-padded slab they cover, whatever the parts look like."""
+def test_gather_row_matches_twin_and_slab(yx, chunk, g, depth_cut, holes, short, iy, ix0, dtype, shuffled, seed):
+    """Chunks of a row equal the zero-padded slab they cover, whatever the parts look like;
+    gathered with ``itemsize``, they equal HDF5's byte shuffle of those chunks."""
     rng = np.random.default_rng(seed)
     cz, cy, cx = chunk
     ny, nx = yx
@@ -309,10 +311,12 @@ def test_gather_row_matches_twin_and_slab(yx, chunk, g, depth_cut, holes, short,
     y0 = iy * cy
     n = max(-(-nx // cx) - ix0, 1)  # the chunks from ix0 on (or one chunk wholly beyond X)
     expect = np.stack([naive_gather(slab[:cz], (0, y0, (ix0 + i) * cx), (cz, cy, cx)) for i in range(n)])
+    if shuffled:  # the stored bytes of a shuffled chunk: byte b of element i at b * size + i
+        expect = np.stack([c.reshape(-1, 1).view(np.uint8).T.reshape(-1) for c in expect]).view(dtype)
     for fn in (ext.gather_row, ref.gather_row):
         out = np.full((n, cz, cy, cx * itemsize), 0xAB, np.uint8)  # garbage: all must be written
-        fn(parts, g, depth, y0, ix0 * cx * itemsize, out)
-        np.testing.assert_array_equal(out.view(dtype).reshape(n, cz, cy, cx), expect)
+        fn(parts, g, depth, y0, ix0 * cx * itemsize, out, *([itemsize] if shuffled else []))
+        np.testing.assert_array_equal(out.view(dtype).reshape(expect.shape), expect)
 
 
 def test_gather_row_errors():
@@ -327,6 +331,12 @@ def test_gather_row_errors():
             fn([part], 2, 2, 0, 0, np.zeros((2, 4, 8), np.uint8))  # out not 4-D
         with pytest.raises((TypeError, ValueError)):
             fn([np.zeros((2, 4, 4), np.uint16)], 2, 2, 0, 0, out)  # parts must be bytes
+        with pytest.raises(ValueError, match="itemsize must be"):
+            fn([part], 2, 2, 0, 0, out, 0)
+        with pytest.raises(ValueError, match="whole 4-byte elements"):
+            fn([part], 2, 2, 0, 2, out, 4)  # x0 inside an element
+        with pytest.raises(ValueError, match="whole 3-byte elements"):
+            fn([part], 2, 2, 0, 0, np.zeros((1, 2, 4, 6), np.uint8), 3)  # part rows of 8 bytes
 
 
 # -- lz4_frames: a row of chunks, shuffled and framed in one call ------------------------------

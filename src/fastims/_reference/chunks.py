@@ -59,7 +59,7 @@ def gather_chunk(src: np.ndarray, z0: int, y0: int, x0: int, out: np.ndarray) ->
     out[out_sl] = src[src_sl]
 
 
-def gather_row(parts: list, g: int, depth: int, y0: int, x0: int, out: np.ndarray) -> None:
+def gather_row(parts: list, g: int, depth: int, y0: int, x0: int, out: np.ndarray, itemsize: int = 1) -> None:
     """Cut consecutive chunks of a row out of a slab held in parts of `g` planes, zero-padded.
 
     Parameters
@@ -77,12 +77,19 @@ def gather_row(parts: list, g: int, depth: int, y0: int, x0: int, out: np.ndarra
         First byte of the first chunk within a slab row.
     out : ndarray of uint8, shape (n, cz, cy, cxb), C-contiguous
         Receives chunk ``i`` = slab bytes ``[0:cz, y0:y0+cy, x0+i*cxb:x0+(i+1)*cxb]``.
+    itemsize : int, default 1
+        Above 1, each chunk is stored byte-shuffled (HDF5 filter 2) with this element size;
+        `x0`, ``cxb`` and the parts' row bytes must be multiples of it.
     """
     if g < 1:
         raise ValueError(f"g must be >= 1, got {g}")
     if out.ndim != 4 or out.dtype != np.uint8 or not out.flags.c_contiguous:
         raise ValueError("out must be a C-contiguous 4-D uint8 array")
     n, cz, cy, cxb = out.shape
+    if itemsize < 1:
+        raise ValueError(f"itemsize must be >= 1, got {itemsize}")
+    if x0 % itemsize or cxb % itemsize:
+        raise ValueError(f"x0 ({x0}) and the chunk row ({cxb} bytes) must be whole {itemsize}-byte elements")
     shape = None
     for k, part in enumerate(parts):
         valid = min(g, depth - k * g)
@@ -92,6 +99,8 @@ def gather_row(parts: list, g: int, depth: int, y0: int, x0: int, out: np.ndarra
             raise ValueError("parts must be C-contiguous 3-D uint8 arrays")
         if shape is None:
             shape = part.shape[1:]
+            if shape[1] % itemsize:
+                raise ValueError(f"part rows of {shape[1]} bytes are not whole {itemsize}-byte elements")
         elif part.shape[1:] != shape:
             raise ValueError(f"part {k} is {part.shape[1]} x {part.shape[2]}, part 0 {shape[0]} x {shape[1]}")
     out[...] = 0
@@ -102,6 +111,10 @@ def gather_row(parts: list, g: int, depth: int, y0: int, x0: int, out: np.ndarra
         planes = part[: min(valid, part.shape[0])]
         for ix in range(n):
             gather_chunk(planes, 0, y0, x0 + ix * cxb, out[ix, k * g : k * g + planes.shape[0]])
+    if itemsize > 1:
+        for ix in range(n):
+            chunk = out[ix].reshape(-1)
+            shuffle(chunk.copy(), itemsize, chunk)
 
 
 def _check_shuffle_args(src: np.ndarray, itemsize: int, out: np.ndarray) -> None:
