@@ -26,6 +26,7 @@ KERNEL_MODULES: dict[str, str] = {
     "hist_u16": "_histogram",
     "hist_binned": "_histogram_nb",
     "minmax_finite": "_histogram_nb",
+    "huffman_block": "_deflate",
     "gather_chunk": "_chunks",
     "gather_row": "_chunks",
     "lz4_frame": "_chunks",
