@@ -265,32 +265,12 @@ def gather_row(list parts, Py_ssize_t g, Py_ssize_t depth, Py_ssize_t y0, Py_ssi
 # HDF5 byte shuffle (filter id 2)
 # ---------------------------------------------------------------------------------------
 
-cdef void _shuffle2(const uint8_t* s, uint8_t* d, Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t i
-    cdef uint8_t* d1 = d + n
-    for i in range(n):
-        d[i] = s[2 * i]
-        d1[i] = s[2 * i + 1]
-
-
 cdef void _unshuffle2(const uint8_t* s, uint8_t* d, Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t i
     cdef const uint8_t* s1 = s + n
     for i in range(n):
         d[2 * i] = s[i]
         d[2 * i + 1] = s1[i]
-
-
-cdef void _shuffle4(const uint8_t* s, uint8_t* d, Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t i
-    cdef uint8_t* d1 = d + n
-    cdef uint8_t* d2 = d + 2 * n
-    cdef uint8_t* d3 = d + 3 * n
-    for i in range(n):
-        d[i] = s[4 * i]
-        d1[i] = s[4 * i + 1]
-        d2[i] = s[4 * i + 2]
-        d3[i] = s[4 * i + 3]
 
 
 cdef void _unshuffle4(const uint8_t* s, uint8_t* d, Py_ssize_t n) noexcept nogil:
@@ -333,16 +313,13 @@ cdef void _shuffle_bytes(
     if k <= 1 or n <= 1:
         memcpy(d, s, nbytes)
         return
-    if k == 2:
-        if reverse:
-            _unshuffle2(s, d, n)
-        else:
-            _shuffle2(s, d, n)
+    if not reverse and (k == 2 or k == 4):
+        # the gather's shuffled copy, over the whole chunk
+        _put_bytes(<char*>d, 0, <const char*>s, body, k, n)
+    elif k == 2:
+        _unshuffle2(s, d, n)
     elif k == 4:
-        if reverse:
-            _unshuffle4(s, d, n)
-        else:
-            _shuffle4(s, d, n)
+        _unshuffle4(s, d, n)
     else:
         _shuffle_generic(s, d, n, k, reverse)
     if nbytes > body:
