@@ -404,13 +404,17 @@ def deflate_planes(data: np.ndarray, itemsize: int, level: int) -> bytes:
     if itemsize < 2 or n < _PLANE_MIN_BYTES or isal_zlib is None:
         return _deflate(data, "isal" if isal_zlib is not None else "zlib", level)
     huffman = _dispatch.kernel("huffman_block")
-    scratch = np.empty(nbytes - (itemsize - 1) * n + n // 2048 + 160, np.uint8)  # the longest plane's bound
-    out = [_ZLIB_HEADER]
+    # Huffman blocks go one after the other into this buffer (each plane's bound, with the
+    # kernel's 8 spare bytes), so the final join is their only copy; trials use the rest
+    blocks = np.empty(nbytes + itemsize * (n // 2048 + 168), np.uint8)
+    pos = 0
+    out: list[Any] = [_ZLIB_HEADER]
     for p in range(itemsize):
         plane = data[p * n : nbytes if p == itemsize - 1 else (p + 1) * n]
-        if _huffman_pays(plane, level, scratch):
-            size = huffman(plane, scratch, False)
-            out.append(scratch[:size].tobytes())
+        if _huffman_pays(plane, level, blocks[pos:]):
+            size = huffman(plane, blocks[pos:], False)
+            out.append(blocks[pos : pos + size])
+            pos += size
         else:
             encoder = isal_zlib.compressobj(level, zlib.DEFLATED, -15)
             out.append(encoder.compress(plane))
