@@ -27,14 +27,18 @@ def shuffle(src: npt.NDArray[np.uint8], itemsize: int, out: npt.NDArray[np.uint8
 def unshuffle(src: npt.NDArray[np.uint8], itemsize: int, out: npt.NDArray[np.uint8]) -> None:
     """Inverse of :func:`shuffle` into ``out[:len(src)]``."""
 
-def lz4_frame(src: npt.NDArray[np.uint8], out: npt.NDArray[np.uint8], compress: int, acceleration: int = 1) -> int:
-    """Write the one-block HDF5-LZ4 frame of `src` into `out` (>= 16 + n + n//255 + 16 bytes)
-    with liblz4's ``LZ4_compress_fast`` at address `compress`; return the frame length."""
+def lz4_frame(
+    src: npt.NDArray[np.uint8], out: npt.NDArray[np.uint8], compress: int, acceleration: int = 1, planes: int = 1
+) -> int:
+    """Write the one-block HDF5-LZ4 frame of `src` into `out` (>= 16 + n + n//255 + 16 bytes,
+    n//255 + 2 more with planes > 1) with liblz4's ``LZ4_compress_fast`` at address
+    `compress`; leading byte planes of noise become literals; return the frame length."""
 
 def lz4_frames(
     src: npt.NDArray[np.uint8], chunk_bytes: int, itemsize: int, scratch: npt.NDArray[np.uint8],
     compress: int, out: npt.NDArray[np.uint8], stride: int, sizes: npt.NDArray[np.int64],
     acceleration: int = 1,
+    planes: int = 1,
 ) -> None:
     """HDF5-LZ4 frames of ``len(sizes)`` consecutive chunks (byte-shuffled first when
     ``itemsize > 1``) at ``out[i * stride]``; frame lengths into `sizes`."""

@@ -7,7 +7,7 @@ need; ``gather_row`` does the same for a run of chunks of a slab held in parts (
 slabs), in one call, optionally byte-shuffling as it copies. ``shuffle``/``unshuffle`` implement HDF5's byte-shuffle filter (filter id
 2, ``H5Zshuffle.c``) bit for bit, including its handling of trailing bytes. ``lz4_frame`` writes
 the HDF5-LZ4 frame (filter 32004) of a chunk into a caller's buffer through liblz4's
-``LZ4_compress_fast``;
+``LZ4_compress_fast``, the noise planes of a shuffled chunk as plain literals;
 ``lz4_frames`` shuffles and frames a run of chunks in one call.
 
 All kernels assume validated, C-contiguous input, release the GIL for the copy and have a
@@ -19,7 +19,7 @@ memoryview arguments check dtype, rank and contiguity; the hot loops run on raw 
 cimport cython
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
-from libc.string cimport memcpy, memset
+from libc.string cimport memcpy, memmove, memset
 
 # gather_chunk only moves bytes, so the element type merely fixes the item size; float32 is
 # listed so callers need not view it as uint32. Other dtypes of these widths (int16, ...)
@@ -407,11 +407,112 @@ cdef Py_ssize_t _frame(const uint8_t* src, Py_ssize_t n, uint8_t* out, Py_ssize_
     return 16 + c
 
 
-cdef int _check_frame_args(Py_ssize_t n, Py_ssize_t cap, size_t compress, Py_ssize_t acceleration) except -1:
+cdef enum:
+    # byte planes of a shuffled chunk are tried for literals from this size on, on three
+    # windows (start, middle, end) of this many bytes, compressed together in one call
+    _LITERAL_MIN_PLANE = 32768
+    _TRIAL = 2048
+    _TRIAL_BOUND = 6184  # LZ4_compressBound(3 * _TRIAL): n + n / 255 + 16
+
+
+@cython.cdivision(True)
+cdef bint _incompressible(const uint8_t* p, Py_ssize_t n, _lz4_compress_t fn, int acceleration) noexcept nogil:
+    """True when LZ4 shrinks three windows of the `n` bytes at `p` by less than 2 %."""
+    cdef uint8_t win[3 * _TRIAL]
+    cdef uint8_t dst[_TRIAL_BOUND]
+    memcpy(win, p, _TRIAL)
+    memcpy(win + _TRIAL, p + (n - _TRIAL) // 2, _TRIAL)
+    memcpy(win + 2 * _TRIAL, p + n - _TRIAL, _TRIAL)
+    cdef int c = fn(<const char*>win, <char*>dst, 3 * _TRIAL, <int>sizeof(dst), acceleration)
+    return c <= 0 or c * 51 >= 3 * _TRIAL * 50
+
+
+@cython.cdivision(True)
+cdef inline Py_ssize_t _literal_header(Py_ssize_t length) noexcept nogil:
+    """Bytes of an LZ4 token with a literal run of `length` (its length bytes included)."""
+    return 1 if length < 15 else 2 + (length - 15) // 255
+
+
+@cython.cdivision(True)
+cdef Py_ssize_t _frame_planes(const uint8_t* src, Py_ssize_t n, Py_ssize_t planes, uint8_t* out,
+                              Py_ssize_t cap, _lz4_compress_t fn, int acceleration) noexcept nogil:
+    """:func:`_frame` of a chunk of `planes` byte planes (a shuffled chunk), whose leading
+    planes of noise are emitted as the literals of the block's first sequence.
+
+    LZ4 finds nothing to match in a plane of photon noise (the low bytes of camera data:
+    ratio 0.996) yet spends most of its time searching it. The planes LZ4 would shrink by
+    less than 2 % (tried on windows) are copied instead: the rest is compressed after room
+    for them, its first token's literal length grows by their length, and the result is
+    still one standard LZ4 block (the rest's matches reach back only into the rest).
+    """
+    cdef Py_ssize_t pb = n // planes if planes > 1 else 0
+    cdef Py_ssize_t k = 0, p, h, h1, lit, hn, body, v, pos
+    cdef uint8_t* q
+    cdef uint8_t token, b
+    cdef int c
+    if pb >= _LITERAL_MIN_PLANE:
+        while k < planes and _incompressible(src + k * pb, pb, fn, acceleration):
+            k += 1
+    if k == 0:
+        return _frame(src, n, out, cap, fn, acceleration)
+    p = k * pb
+    c = 0
+    if k < planes:
+        h = _literal_header(n)  # room for the merged token: its literal run is at most n
+        q = out + 16 + h + p
+        c = fn(<const char*>(src + p), <char*>q, <int>(n - p), <int>(cap - 16 - h - p), acceleration)
+    if c > 0:
+        # the rest's first token and literal length, then everything after them
+        token = q[0]
+        lit = token >> 4
+        h1 = 1
+        if lit == 15:
+            b = 255
+            while b == 255:
+                b = q[h1]
+                h1 += 1
+                lit += b
+        lit += p
+        hn = _literal_header(lit)
+        body = c - h1
+        if hn + p + body < n:
+            memmove(out + 16 + hn + p, q + h1, body)
+            out[16] = <uint8_t>(((15 if lit >= 15 else lit) << 4) | (token & 15))
+            pos = 17
+            if lit >= 15:
+                v = lit - 15
+                while v >= 255:
+                    out[pos] = 255
+                    pos += 1
+                    v -= 255
+                out[pos] = <uint8_t>v
+            memcpy(out + 16 + hn, src, p)
+            c = <int>(hn + p + body)
+            _put_be(out, <uint64_t>n, 8)
+            _put_be(out + 8, <uint64_t>n, 4)
+            _put_be(out + 12, <uint64_t>c, 4)
+            return 16 + c
+    # nothing shrinks: stored verbatim, as H5Zlz4.c does
+    memcpy(out + 16, src, n)
+    _put_be(out, <uint64_t>n, 8)
+    _put_be(out + 8, <uint64_t>n, 4)
+    _put_be(out + 12, <uint64_t>n, 4)
+    return 16 + n
+
+
+cdef inline Py_ssize_t _bound(Py_ssize_t n, Py_ssize_t planes) noexcept nogil:
+    # with literal planes the rest is compressed after the longest merged token (n // 255 + 2)
+    return 16 + n + n // 255 + 16 + (n // 255 + 2 if planes > 1 else 0)
+
+
+cdef int _check_frame_args(Py_ssize_t n, Py_ssize_t cap, size_t compress, Py_ssize_t acceleration,
+                           Py_ssize_t planes=1) except -1:
     if n < 1 or n > 0x7E000000:
         raise ValueError(f"LZ4 frames hold 1..{0x7E000000} bytes in one block, got {n}")
-    if cap < 16 + n + n // 255 + 16:
-        raise ValueError(f"out holds {cap} bytes, the frame may need {16 + n + n // 255 + 16}")
+    if planes < 1 or planes > 64:
+        raise ValueError(f"planes must be in 1..64, got {planes}")
+    if cap < _bound(n, planes):
+        raise ValueError(f"out holds {cap} bytes, the frame may need {_bound(n, planes)}")
     if compress == 0:
         raise ValueError("no LZ4 compressor address")
     if acceleration < 1 or acceleration > 65537:
@@ -419,27 +520,35 @@ cdef int _check_frame_args(Py_ssize_t n, Py_ssize_t cap, size_t compress, Py_ssi
     return 0
 
 
-def lz4_frame(const uint8_t[::1] src, uint8_t[::1] out, size_t compress, Py_ssize_t acceleration=1) -> int:
+def lz4_frame(const uint8_t[::1] src, uint8_t[::1] out, size_t compress, Py_ssize_t acceleration=1,
+              Py_ssize_t planes=1) -> int:
     """Encode `src` as one-block HDF5-LZ4 frame (filter 32004) into `out`; return its length.
 
     `compress` is the address of liblz4's ``LZ4_compress_fast`` (resolved once by
     :mod:`fastims.compression`), called with `acceleration` (1 = ``LZ4_compress_default``):
     the block is compressed straight after the 16-byte header, GIL released, with no
     intermediate bytes object. A block that does not shrink is stored verbatim, as
-    ``H5Zlz4.c`` does. `out` needs ``16 + n + n // 255 + 16`` bytes.
+    ``H5Zlz4.c`` does. `out` needs ``16 + n + n // 255 + 16`` bytes, and ``n // 255 + 2``
+    more when ``planes > 1``.
+
+    With ``planes > 1``, `src` is taken as that many equal byte planes (a byte-shuffled
+    chunk; trailing bytes after them belong to the last). Leading planes of at least 32 KiB
+    that LZ4 shrinks by less than 2 % on three 2 KiB windows (start, middle, end) are
+    copied as the literals of the block's first sequence instead of being searched; the
+    block stays one standard LZ4 block.
     """
     cdef Py_ssize_t n = src.shape[0]
     cdef Py_ssize_t cap = out.shape[0]
     cdef Py_ssize_t size
-    _check_frame_args(n, cap, compress, acceleration)
+    _check_frame_args(n, cap, compress, acceleration, planes)
     with nogil:
-        size = _frame(&src[0], n, &out[0], cap, <_lz4_compress_t>compress, <int>acceleration)
+        size = _frame_planes(&src[0], n, planes, &out[0], cap, <_lz4_compress_t>compress, <int>acceleration)
     return size
 
 
 def lz4_frames(const uint8_t[::1] src, Py_ssize_t chunk_bytes, Py_ssize_t itemsize, uint8_t[::1] scratch,
                size_t compress, uint8_t[::1] out, Py_ssize_t stride, int64_t[::1] sizes,
-               Py_ssize_t acceleration=1) -> None:
+               Py_ssize_t acceleration=1, Py_ssize_t planes=1) -> None:
     """HDF5-LZ4 frames of ``len(sizes)`` consecutive chunks, each byte-shuffled first if asked.
 
     One call (GIL released throughout) per row of chunks instead of a shuffle and an
@@ -460,11 +569,14 @@ def lz4_frames(const uint8_t[::1] src, Py_ssize_t chunk_bytes, Py_ssize_t itemsi
     out : ndarray of uint8, 1-D
         Frame ``i`` is written at ``out[i * stride]``; needs ``n * stride`` bytes.
     stride : int
-        At least the frame bound ``16 + chunk_bytes + chunk_bytes // 255 + 16``.
+        At least the frame bound of :func:`lz4_frame` for `chunk_bytes` and `planes`.
     sizes : ndarray of int64, 1-D
         Receives the length of every frame; its length is the number of chunks ``n``.
     acceleration : int, default 1
         LZ4 acceleration (1 .. 65537; 1 = ``LZ4_compress_default``).
+    planes : int, default 1
+        Byte planes of each (shuffled) chunk, whose leading planes of noise become literals
+        (see :func:`lz4_frame`); the item size when the chunks are or get shuffled.
     """
     cdef Py_ssize_t n = sizes.shape[0], i
     cdef const uint8_t* s
@@ -474,7 +586,7 @@ def lz4_frames(const uint8_t[::1] src, Py_ssize_t chunk_bytes, Py_ssize_t itemsi
     cdef _lz4_compress_t fn = <_lz4_compress_t>compress
     if n == 0:
         return
-    _check_frame_args(chunk_bytes, stride, compress, acceleration)
+    _check_frame_args(chunk_bytes, stride, compress, acceleration, planes)
     if src.shape[0] < n * chunk_bytes:
         raise ValueError(f"src holds {src.shape[0]} bytes, {n} chunks need {n * chunk_bytes}")
     if out.shape[0] < n * stride:
@@ -491,4 +603,4 @@ def lz4_frames(const uint8_t[::1] src, Py_ssize_t chunk_bytes, Py_ssize_t itemsi
             if tmp != NULL:
                 _shuffle_bytes(s, tmp, chunk_bytes, itemsize, False)
                 s = tmp
-            sizes[i] = _frame(s, chunk_bytes, op + i * stride, stride, fn, <int>acceleration)
+            sizes[i] = _frame_planes(s, chunk_bytes, planes, op + i * stride, stride, fn, <int>acceleration)

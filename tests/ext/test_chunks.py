@@ -271,6 +271,137 @@ def test_lz4_frame_acceleration_reaches_liblz4(acceleration):
     assert decode_lz4(fast) == decode_lz4(default) == data.tobytes()
 
 
+def _shuffled(data: np.ndarray, itemsize: int) -> np.ndarray:
+    out = np.empty_like(data)
+    ext.shuffle(data, itemsize, out)
+    return out
+
+
+def _literal_cases() -> dict[str, tuple[np.ndarray, int]]:
+    from fastims.synthetic import camera_stack
+
+    rng = np.random.default_rng(11)
+    camera = _shuffled(camera_stack((8, 128, 128), "uint16", seed=4).view(np.uint8).reshape(-1), 2)
+    padded = camera.copy()
+    padded[camera.shape[0] // 2 - 4096 :] = 0  # the noise plane ends in zero padding
+    head = camera.copy()
+    head[camera.shape[0] // 2 : camera.shape[0] // 2 + 300] = rng.integers(0, 256, 300)  # a long first run
+    f32 = rng.normal(1000, 30, 1 << 16).astype(np.float32).view(np.uint8)
+    return {
+        "camera": (camera, 2),
+        "camera, trailing bytes": (np.concatenate([camera, rng.integers(0, 256, 3, dtype=np.uint8)]), 2),
+        "padded noise plane": (padded, 2),
+        "long first literal run of the rest": (head, 2),
+        "float32, 4 planes": (_shuffled(f32, 4), 4),
+        "noise everywhere": (rng.integers(0, 256, 1 << 17, dtype=np.uint8), 2),
+        "planes under 32 KiB": (camera[: 1 << 15], 2),
+        "zeros": (np.zeros(1 << 17, np.uint8), 2),
+    }
+
+
+def _first_run(frame: bytes) -> tuple[int, int]:
+    """Literal run of an LZ4 frame's first sequence and where its literals start."""
+    run, pos = frame[16] >> 4, 17
+    while run >= 15 and (pos == 17 or frame[pos - 1] == 255):
+        run += frame[pos]
+        pos += 1
+    return run, pos
+
+
+@pytest.mark.parametrize("case", list(_literal_cases()))
+def test_lz4_frame_literal_planes(case):
+    """Leading noise planes become the first sequence's literals: kernel and twin write the
+    same frame, it decodes with the lz4 package (a standard block) and is no larger than LZ4
+    over the whole chunk (plus a token)."""
+    import lz4.block
+
+    from fastims.compression import lz4_compress_address
+
+    address = lz4_compress_address()
+    if address == 0:
+        pytest.skip("no liblz4 LZ4_compress_fast found")
+    data, planes = _literal_cases()[case]
+    n = data.shape[0]
+    bound = 16 + n + n // 255 + 16 + n // 255 + 2
+    frames = []
+    for fn in (ext.lz4_frame, ref.lz4_frame):
+        out = np.full(bound + 7, 0xAB, np.uint8)
+        frames.append(out[: fn(data, out, address, 2, planes)].tobytes())
+        sizes = np.zeros(2, np.int64)
+        out2 = np.full(2 * bound, 0xCD, np.uint8)
+        lz4f = ext.lz4_frames if fn is ext.lz4_frame else ref.lz4_frames
+        lz4f(np.concatenate([data, data]), n, 1, np.empty(0, np.uint8), address, out2, bound, sizes, 2, planes)
+        assert out2[: sizes[0]].tobytes() == out2[bound : bound + sizes[1]].tobytes() == frames[-1]
+    assert frames[0] == frames[1]
+    frame = frames[0]
+    assert int.from_bytes(frame[:8], "big") == n and int.from_bytes(frame[8:12], "big") == n
+    size = int.from_bytes(frame[12:16], "big")
+    assert size == len(frame) - 16
+    if size < n:
+        assert lz4.block.decompress(frame[16:], uncompressed_size=n) == data.tobytes()
+    else:
+        assert frame[16:] == data.tobytes()  # verbatim
+    whole = np.empty(bound, np.uint8)
+    whole = whole[: ext.lz4_frame(data, whole, address, 2, 1)].tobytes()
+    pb = n // planes
+    if case in ("camera", "camera, trailing bytes", "long first literal run of the rest"):
+        # the block is the low-byte plane as literals merged into the first sequence of
+        # LZ4 over the rest: one token whose literal run is the plane's plus the rest's
+        rest = np.empty(bound, np.uint8)
+        rest = rest[: ext.lz4_frame(data[pb:], rest, address, 2, 1)].tobytes()
+        run, pos = _first_run(frame)
+        rest_run, rest_pos = _first_run(rest)
+        assert size < n and run == pb + rest_run and (frame[16] & 15) == (rest[16] & 15)
+        assert frame[pos : pos + pb] == data[:pb].tobytes() and frame[pos + pb :] == rest[rest_pos:]
+        assert rest_run >= 300 or case != "long first literal run of the rest"
+        assert len(frame) <= len(whole) + 4
+    elif case in ("padded noise plane", "planes under 32 KiB", "zeros"):
+        assert frame == whole  # the trial saw the zeros / the planes are too small
+    elif case == "noise everywhere":
+        assert size == n  # every plane is noise: stored verbatim without a search
+    else:
+        assert len(frame) <= len(whole) + 4
+
+
+def test_lz4_frame_planes_bound_and_range():
+    for fn in (ext.lz4_frame, ref.lz4_frame):
+        n = 1 << 16
+        with pytest.raises(ValueError, match="may need"):  # planes > 1 need n // 255 + 2 more
+            fn(np.zeros(n, np.uint8), np.zeros(16 + n + n // 255 + 16, np.uint8), 1, 1, 2)
+        for bad in (0, 65):
+            with pytest.raises(ValueError, match="planes"):
+                fn(np.zeros(n, np.uint8), np.zeros(2 * n, np.uint8), 1, 1, bad)
+
+
+@SETTINGS
+@given(
+    planes=st.sampled_from([2, 3, 4, 8]),
+    noisy=st.lists(st.booleans(), min_size=8, max_size=8),
+    plane_kib=st.integers(31, 40),
+    extra=st.integers(0, 7),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_lz4_frame_planes_match_twin(planes, noisy, plane_kib, extra, seed):
+    """Any mix of noise and smooth planes: the kernel's frame is the twin's and decodes."""
+    from fastims.compression import decode_lz4, lz4_compress_address
+
+    address = lz4_compress_address()
+    if address == 0:
+        pytest.skip("no liblz4 LZ4_compress_fast found")
+    rng = np.random.default_rng(seed)
+    pb = plane_kib * 1024 + rng.integers(0, 1024)
+    parts = [rng.integers(0, 256, pb, dtype=np.uint8) if noisy[i] else
+             np.repeat(rng.integers(0, 4, pb // 64 + 1, dtype=np.uint8), 64)[:pb] for i in range(planes)]
+    data = np.concatenate([*parts, rng.integers(0, 256, extra, dtype=np.uint8)])
+    n = data.shape[0]
+    frames = []
+    for fn in (ext.lz4_frame, ref.lz4_frame):
+        out = np.empty(16 + n + 2 * (n // 255) + 34, np.uint8)
+        frames.append(out[: fn(data, out, address, 1, planes)].tobytes())
+    assert frames[0] == frames[1]
+    assert decode_lz4(frames[0]) == data.tobytes()
+
+
 # -- gather_row: a row of chunks from a slab held in parts ------------------------------------
 
 

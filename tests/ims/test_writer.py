@@ -15,6 +15,7 @@ import pytest
 
 import fastims
 from fastims import _dispatch
+from fastims.compression import lz4_compress_address
 from fastims.errors import WriterStateError
 from fastims.histogram import Histogram
 from fastims.ims.layout import imaris_levels
@@ -90,6 +91,39 @@ def test_round_trip_levels_and_histograms(tmp_path, dtype, compression, shuffle)
                 if compression == "gzip":
                     assert data.compression == "gzip"
                 assert data.shuffle == (shuffle and dtype == "uint16")
+
+
+def test_shuffled_lz4_noise_planes_are_literals_any_reader_decodes(tmp_path):
+    """Full-size shuffled LZ4 chunks start with the low-byte plane as plain literals (see
+    ``lz4_frame``); HDF5's LZ4 filter (hdf5plugin) reads every level back exactly, padded
+    edge chunks included."""
+    stack = camera_stack((20, 300, 520), "uint16", seed=8)  # level 0 in 8 x 256 x 256 chunks
+    path = tmp_path / "a.ims"
+    with fastims.ImsWriter(path, shape=(1, 1, *stack.shape), dtype=stack.dtype, compression="lz4",
+                           shuffle=True) as w:
+        for z in range(stack.shape[0]):
+            w.write_plane(stack[z], z=z)
+    expected = _reference_pyramid(stack)
+    address = lz4_compress_address()
+    lz4_frame = _dispatch.kernel("lz4_frame")
+    differ = 0
+    with h5py.File(path, "r") as f:
+        for r, want in enumerate(expected):
+            data = f[f"DataSet/ResolutionLevel {r}/TimePoint 0/Channel 0/Data"]
+            z, y, x = want.shape
+            np.testing.assert_array_equal(data[:z, :y, :x], want)
+        level0 = f["DataSet/ResolutionLevel 0/TimePoint 0/Channel 0/Data"]
+        for i in range(level0.id.get_num_chunks() if address else 0):
+            offset = level0.id.get_chunk_info(i).chunk_offset
+            frame = level0.id.read_direct_chunk(offset)[1]
+            chunk = level0[tuple(slice(o, o + c) for o, c in zip(offset, level0.chunks, strict=True))]
+            shuffled = np.empty(chunk.nbytes, np.uint8)
+            _dispatch.kernel("shuffle")(chunk.reshape(-1).view(np.uint8), 2, shuffled)
+            out = np.empty(2 * chunk.nbytes, np.uint8)
+            frames = [out[: lz4_frame(shuffled, out, address, 2, planes)].tobytes() for planes in (2, 1)]
+            assert frame == frames[0]  # the stream's frame is the kernel's with literal planes
+            differ += frames[0] != frames[1]
+    assert differ >= 2 or not address  # at least the interior chunks took literal planes
 
 
 def test_time_series_channels_interleaved_vs_channel_major(tmp_path):

@@ -161,52 +161,102 @@ def _transpose_bytes(src: np.ndarray, itemsize: int, out: np.ndarray, *, reverse
     out[body:nbytes] = src[body:]
 
 
-def _check_frame_args(n: int, cap: int, compress: int, acceleration: int) -> None:
+def _frame_bound(n: int, planes: int) -> int:
+    return 16 + n + n // 255 + 16 + (n // 255 + 2 if planes > 1 else 0)
+
+
+def _check_frame_args(n: int, cap: int, compress: int, acceleration: int, planes: int = 1) -> None:
     if n < 1 or n > 0x7E000000:
         raise ValueError(f"LZ4 frames hold 1..{0x7E000000} bytes in one block, got {n}")
-    if cap < 16 + n + n // 255 + 16:
-        raise ValueError(f"out holds {cap} bytes, the frame may need {16 + n + n // 255 + 16}")
+    if planes < 1 or planes > 64:
+        raise ValueError(f"planes must be in 1..64, got {planes}")
+    if cap < _frame_bound(n, planes):
+        raise ValueError(f"out holds {cap} bytes, the frame may need {_frame_bound(n, planes)}")
     if compress == 0:
         raise ValueError("no LZ4 compressor address")
     if acceleration < 1 or acceleration > 65537:
         raise ValueError(f"LZ4 acceleration must be in 1..65537, got {acceleration}")
 
 
-def lz4_frame(src: np.ndarray, out: np.ndarray, compress: int, acceleration: int = 1) -> int:
+# planes tried for literals from this size on, on three windows of this many bytes
+_LITERAL_MIN_PLANE = 32768
+_TRIAL = 2048
+
+
+def _token_bytes(token_nibble: int, literals: int) -> bytes:
+    """An LZ4 token with a literal run of `literals` and match nibble `token_nibble`."""
+    if literals < 15:
+        return bytes([(literals << 4) | token_nibble])
+    more, last = divmod(literals - 15, 255)
+    return bytes([0xF0 | token_nibble]) + b"\xff" * more + bytes([last])
+
+
+def lz4_frame(src: np.ndarray, out: np.ndarray, compress: int, acceleration: int = 1, planes: int = 1) -> int:
     """Write the one-block HDF5-LZ4 frame of `src` into `out`; return its length.
 
     The twin calls the same ``LZ4_compress_fast`` (address `compress`) through ctypes,
-    into a temporary buffer, and builds the frame with NumPy: it checks the framing, the
-    in-place layout and the verbatim fallback. ``out`` needs ``16 + n + n // 255 + 16`` bytes.
+    into temporary buffers, and builds the frame with NumPy and bytes: it checks the
+    framing, the verbatim fallback and the literal planes. ``out`` needs
+    ``16 + n + n // 255 + 16`` bytes, ``n // 255 + 2`` more when ``planes > 1``.
+
+    With ``planes > 1`` the leading byte planes (``n // planes`` bytes each, at least 32 KiB)
+    whose three 2 KiB windows (start, middle, end), compressed together, shrink by less
+    than 2 % become the literals of the block's first sequence; LZ4 compresses the rest.
     """
     import ctypes
 
     n = src.shape[0]
-    _check_frame_args(n, out.shape[0], compress, acceleration)
+    _check_frame_args(n, out.shape[0], compress, acceleration, planes)
     fn = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int,
                           ctypes.c_int)(compress)
     data = np.ascontiguousarray(src, dtype=np.uint8)
-    tmp = np.empty(out.shape[0] - 16, np.uint8)
-    size = fn(data.ctypes.data, tmp.ctypes.data, n, tmp.shape[0], acceleration)
-    block = tmp[:size] if 0 < size < n else data
+
+    def lz4(part: np.ndarray) -> bytes:
+        part = np.ascontiguousarray(part)
+        tmp = np.empty(part.shape[0] + part.shape[0] // 255 + 16, np.uint8)
+        size = fn(part.ctypes.data, tmp.ctypes.data, part.shape[0], tmp.shape[0], acceleration)
+        return tmp[:size].tobytes()
+
+    pb = n // planes if planes > 1 else 0
+    k = 0
+    if pb >= _LITERAL_MIN_PLANE:
+        while k < planes:
+            plane = data[k * pb : (k + 1) * pb]
+            mid = (pb - _TRIAL) // 2
+            windows = np.concatenate([plane[:_TRIAL], plane[mid : mid + _TRIAL], plane[pb - _TRIAL :]])
+            if len(lz4(windows)) * 51 < windows.shape[0] * 50:
+                break
+            k += 1
+    block = b""
+    if k == 0:
+        block = lz4(data)
+    elif k < planes:
+        rest = lz4(data[k * pb :])
+        literals, pos = rest[0] >> 4, 1
+        while literals >= 15 and (pos == 1 or rest[pos - 1] == 255):  # the run's length bytes
+            literals += rest[pos]
+            pos += 1
+        block = _token_bytes(rest[0] & 15, k * pb + literals) + data[: k * pb].tobytes() + rest[pos:]
+    if not 0 < len(block) < n:
+        block = data.tobytes()  # nothing shrinks: stored verbatim, as H5Zlz4.c does
     header = n.to_bytes(8, "big") + n.to_bytes(4, "big") + len(block).to_bytes(4, "big")
     out[:16] = np.frombuffer(header, np.uint8)
-    out[16 : 16 + len(block)] = block
+    out[16 : 16 + len(block)] = np.frombuffer(block, np.uint8)
     return 16 + len(block)
 
 
 def lz4_frames(src: np.ndarray, chunk_bytes: int, itemsize: int, scratch: np.ndarray, compress: int,
-               out: np.ndarray, stride: int, sizes: np.ndarray, acceleration: int = 1) -> None:
+               out: np.ndarray, stride: int, sizes: np.ndarray, acceleration: int = 1, planes: int = 1) -> None:
     """HDF5-LZ4 frames of ``len(sizes)`` consecutive chunks of `src` at ``out[i * stride]``.
 
     Each chunk is byte-shuffled with `itemsize` first when ``itemsize > 1`` (through
-    `scratch`); ``sizes[i]`` receives the length of frame ``i``; `acceleration` as in
-    :func:`lz4_frame`.
+    `scratch`); ``sizes[i]`` receives the length of frame ``i``; `acceleration` and
+    `planes` as in :func:`lz4_frame`.
     """
     n = sizes.shape[0]
     if n == 0:
         return
-    _check_frame_args(chunk_bytes, stride, compress, acceleration)
+    _check_frame_args(chunk_bytes, stride, compress, acceleration, planes)
     if src.shape[0] < n * chunk_bytes:
         raise ValueError(f"src holds {src.shape[0]} bytes, {n} chunks need {n * chunk_bytes}")
     if out.shape[0] < n * stride:
@@ -218,4 +268,4 @@ def lz4_frames(src: np.ndarray, chunk_bytes: int, itemsize: int, scratch: np.nda
         if itemsize > 1:
             shuffle(data, itemsize, scratch[:chunk_bytes])
             data = scratch[:chunk_bytes]
-        sizes[i] = lz4_frame(data, out[i * stride : (i + 1) * stride], compress, acceleration)
+        sizes[i] = lz4_frame(data, out[i * stride : (i + 1) * stride], compress, acceleration, planes)
