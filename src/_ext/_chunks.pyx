@@ -392,6 +392,14 @@ cdef inline void _put_be(uint8_t* p, uint64_t value, int nbytes) noexcept nogil:
         p[i] = <uint8_t>(value >> (8 * (nbytes - 1 - i)))
 
 
+cdef inline Py_ssize_t _frame_header(uint8_t* out, Py_ssize_t n, Py_ssize_t c) noexcept nogil:
+    """The 16-byte header of a one-block frame of `n` bytes whose block has `c`; the frame's length."""
+    _put_be(out, <uint64_t>n, 8)
+    _put_be(out + 8, <uint64_t>n, 4)
+    _put_be(out + 12, <uint64_t>c, 4)
+    return 16 + c
+
+
 @cython.cdivision(True)
 cdef Py_ssize_t _frame(const uint8_t* src, Py_ssize_t n, uint8_t* out, Py_ssize_t cap,
                        _lz4_compress_t fn, int acceleration) noexcept nogil:
@@ -401,10 +409,7 @@ cdef Py_ssize_t _frame(const uint8_t* src, Py_ssize_t n, uint8_t* out, Py_ssize_
         # a block that does not shrink is stored verbatim, as H5Zlz4.c does
         memcpy(out + 16, src, n)
         c = <int>n
-    _put_be(out, <uint64_t>n, 8)
-    _put_be(out + 8, <uint64_t>n, 4)
-    _put_be(out + 12, <uint64_t>c, 4)
-    return 16 + c
+    return _frame_header(out, n, c)
 
 
 cdef enum:
@@ -487,17 +492,10 @@ cdef Py_ssize_t _frame_planes(const uint8_t* src, Py_ssize_t n, Py_ssize_t plane
                     v -= 255
                 out[pos] = <uint8_t>v
             memcpy(out + 16 + hn, src, p)
-            c = <int>(hn + p + body)
-            _put_be(out, <uint64_t>n, 8)
-            _put_be(out + 8, <uint64_t>n, 4)
-            _put_be(out + 12, <uint64_t>c, 4)
-            return 16 + c
+            return _frame_header(out, n, hn + p + body)
     # nothing shrinks: stored verbatim, as H5Zlz4.c does
     memcpy(out + 16, src, n)
-    _put_be(out, <uint64_t>n, 8)
-    _put_be(out + 8, <uint64_t>n, 4)
-    _put_be(out + 12, <uint64_t>n, 4)
-    return 16 + n
+    return _frame_header(out, n, n)
 
 
 cdef inline Py_ssize_t _bound(Py_ssize_t n, Py_ssize_t planes) noexcept nogil:
