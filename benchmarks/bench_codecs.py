@@ -158,3 +158,71 @@ def test_codec_two_threads(benchmark, chunks, case):
         benchmark.group = case
         encoded = benchmark.pedantic(encode_parallel, rounds=3, iterations=1)
     _report(benchmark, sum(c.nbytes for c in subset_chunks), encoded, encoder=codec.encoder)
+
+
+@pytest.fixture(scope="module")
+def slab_parts() -> list[np.ndarray]:
+    """The slab as the engine holds it: one part of a chunk's depth of planes, as bytes."""
+    slab = _camera_slab()
+    return [np.ascontiguousarray(slab[z : z + CHUNK[0]]).view(np.uint8) for z in range(0, SLAB[0], CHUNK[0])]
+
+
+@pytest.mark.parametrize("path", ["gather into scratch, frame", "gather into slots, frame in place"])
+def test_shuffle_lz4_rows(benchmark, slab_parts, path):
+    """The engine's shuffle+LZ4 step per run of 4 chunks of a row: gather (shuffling) and frame.
+
+    Before the eleventh session the chunks were gathered into per-thread scratch and framed
+    into the writer's buffer (their literal noise planes copied there); now they are gathered
+    straight into that buffer's slots and framed where they lie. ``time vs scratch`` of the
+    second path is the ratio of the median times of the two, run alternately over the whole
+    slab (robust to load; row by row, the second would find the first's rows in the cache).
+    """
+    from fastims import _dispatch
+
+    codec = Codec.create(dtype=np.uint16, compression="lz4", shuffle=True)
+    cz, cy, cx = CHUNK
+    row = (cz, cy, cx * 2)
+    chunk_bytes = cz * cy * cx * 2
+    k = 4  # chunks per step (Engine.GROUP_BYTES)
+    bound = codec.frame_bound(chunk_bytes)
+    room = codec.frame_room(chunk_bytes)
+    if bound is None or room is None:
+        pytest.skip("no liblz4 LZ4_compress_fast found")
+    stride = room + chunk_bytes
+    gather = _dispatch.kernel("gather_row")
+    group = np.zeros((k, *row), np.uint8)
+    out = np.zeros(k * max(bound, stride), np.uint8)
+    slots = np.lib.stride_tricks.as_strided(out[room:], (k, *row), (stride, cy * cx * 2, cx * 2, 1), writeable=True)
+    scratch = np.zeros(chunk_bytes + chunk_bytes // 255 + 16, np.uint8)
+    sizes, starts = np.zeros(k, np.int64), np.zeros(k, np.int64)
+
+    def scratch_step(part: np.ndarray, y0: int, x0: int) -> int:
+        gather([part], cz, cz, y0, x0, group, 2)
+        codec.encode_chunks_into(group.reshape(-1), chunk_bytes, out, bound, sizes, shuffled=True)
+        return int(sizes.sum())
+
+    def slots_step(part: np.ndarray, y0: int, x0: int) -> int:
+        gather([part], cz, cz, y0, x0, slots, 2)
+        codec.encode_chunks_in_place(out, room, chunk_bytes, stride, sizes, starts, scratch=scratch)
+        return int(sizes.sum())
+
+    steps = [(p, y0, x0) for p in slab_parts for y0 in range(0, SLAB[1], cy)
+             for x0 in range(0, SLAB[2] * 2, k * cx * 2)]
+    step = slots_step if path.endswith("in place") else scratch_step
+
+    def run(step: Callable[..., int] = step) -> int:
+        return sum(step(*s) for s in steps)
+
+    run()  # warm-up: buffers touched, kernels loaded
+    benchmark.group = "shuffle+lz4 rows"
+    encoded = benchmark.pedantic(run, rounds=5, iterations=1)
+    _report(benchmark, sum(p.nbytes for p in slab_parts), encoded)
+    if step is slots_step:
+        times: dict[Callable[..., int], list[float]] = {slots_step: [], scratch_step: []}
+        for _ in range(7):
+            for fn in times:
+                t0 = time.perf_counter()
+                run(fn)
+                times[fn].append(time.perf_counter() - t0)
+        ratio = float(np.median(times[slots_step]) / np.median(times[scratch_step]))
+        benchmark.extra_info["time vs scratch"] = round(ratio, 3)

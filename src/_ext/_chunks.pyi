@@ -17,7 +17,7 @@ def gather_row(
     parts: list[npt.NDArray[np.uint8] | None], g: int, depth: int, y0: int, x0: int, out: npt.NDArray[np.uint8],
     itemsize: int = 1,
 ) -> None:
-    """Fill `out` (n, cz, cy, cxb) uint8 with the n chunks at row `y0`, byte `x0` onwards, of a
+    """Fill `out` (n, cz, cy, cxb) uint8 (each ``out[i]`` C-contiguous) with the n chunks at row `y0`, byte `x0` onwards, of a
     slab held as byte parts (g', Y, Xb) of `g` planes (None or planes beyond `depth` read as
     zeros), zero-padded; each chunk byte-shuffled (HDF5 filter 2) when ``itemsize > 1``."""
 
@@ -42,3 +42,12 @@ def lz4_frames(
 ) -> None:
     """HDF5-LZ4 frames of ``len(sizes)`` consecutive chunks (byte-shuffled first when
     ``itemsize > 1``) at ``out[i * stride]``; frame lengths into `sizes`."""
+
+def lz4_frames_in_place(
+    buf: npt.NDArray[np.uint8], offset: int, chunk_bytes: int, stride: int, scratch: npt.NDArray[np.uint8],
+    compress: int, sizes: npt.NDArray[np.int64], starts: npt.NDArray[np.int64], acceleration: int = 1,
+    planes: int = 1,
+) -> None:
+    """HDF5-LZ4 frames of the chunks at ``buf[i * stride + offset:][:chunk_bytes]``, each
+    built in its own slot (literal planes left where they lie): frame ``i`` is
+    ``buf[i * stride + starts[i]:][:sizes[i]]``, equal to :func:`lz4_frame`'s."""

@@ -173,7 +173,7 @@ def gather_chunk(
 
 
 def gather_row(list parts, Py_ssize_t g, Py_ssize_t depth, Py_ssize_t y0, Py_ssize_t x0,
-               uint8_t[:, :, :, ::1] out, Py_ssize_t itemsize=1) -> None:
+               uint8_t[:, :, :, :] out, Py_ssize_t itemsize=1) -> None:
     """Cut consecutive chunks of a row out of a slab held in parts of `g` planes, zero-padded.
 
     One call per run of chunks instead of one per (chunk, part): the engine's slabs are
@@ -193,9 +193,11 @@ def gather_row(list parts, Py_ssize_t g, Py_ssize_t depth, Py_ssize_t y0, Py_ssi
         First row of the chunks, in slab coordinates.
     x0 : int
         First byte of the first chunk within a slab row (X times the item size).
-    out : ndarray of uint8, shape (n, cz, cy, cxb), C-contiguous
+    out : ndarray of uint8, shape (n, cz, cy, cxb)
         Receives chunk ``i`` = slab bytes ``[0:cz, y0:y0+cy, x0+i*cxb:x0+(i+1)*cxb]``,
-        zero-padded beyond the slab.
+        zero-padded beyond the slab. Each ``out[i]`` is C-contiguous; the chunks may lie
+        apart (any first stride of at least a chunk), e.g. in the slots of
+        :func:`lz4_frames_in_place`.
     itemsize : int, default 1
         Above 1, each chunk is stored byte-shuffled as HDF5's shuffle filter (id 2) with this
         element size encodes it, in the same pass: the chunks of a shuffled codec then need
@@ -205,7 +207,7 @@ def gather_row(list parts, Py_ssize_t g, Py_ssize_t depth, Py_ssize_t y0, Py_ssi
     cdef Py_ssize_t n = out.shape[0], cz = out.shape[1], cy = out.shape[2], cxb = out.shape[3]
     cdef Py_ssize_t nparts = len(parts)
     cdef Py_ssize_t sy = -1, sx = -1, k, ix, kz, valid
-    cdef Py_ssize_t chunk = cz * cy * cxb
+    cdef Py_ssize_t chunk = cz * cy * cxb, step = out.strides[0]
     cdef Py_ssize_t nelem = chunk // itemsize if itemsize > 0 else 0
     cdef const uint8_t[:, :, ::1] view
     cdef const char** ptrs
@@ -219,6 +221,9 @@ def gather_row(list parts, Py_ssize_t g, Py_ssize_t depth, Py_ssize_t y0, Py_ssi
         raise ValueError(f"x0 ({x0}) and the chunk row ({cxb} bytes) must be whole {itemsize}-byte elements")
     if n == 0 or chunk == 0:
         return
+    if ((cz > 1 and out.strides[1] != cy * cxb) or (cy > 1 and out.strides[2] != cxb)
+            or (cxb > 1 and out.strides[3] != 1) or (n > 1 and step < chunk)):
+        raise ValueError("out's chunks must each be C-contiguous and must not overlap")
     op = <char*>&out[0, 0, 0, 0]
     views = []  # keeps every buffer acquired while the GIL is released
     ptrs = <const char**>malloc(nparts * sizeof(char*) + 1)
@@ -252,9 +257,9 @@ def gather_row(list parts, Py_ssize_t g, Py_ssize_t depth, Py_ssize_t y0, Py_ssi
                 for k in range((cz + g - 1) // g):
                     kz = min(g, cz - k * g)  # chunk planes this part fills
                     if k >= nparts or ptrs[k] == NULL:
-                        _zero_bytes(op + ix * chunk, k * g * cy * cxb, kz * cy * cxb, itemsize, nelem)
+                        _zero_bytes(op + ix * step, k * g * cy * cxb, kz * cy * cxb, itemsize, nelem)
                     else:
-                        _gather_bytes(ptrs[k], depths[k], sy, sx, 0, y0, x0 + ix * cxb, op + ix * chunk,
+                        _gather_bytes(ptrs[k], depths[k], sy, sx, 0, y0, x0 + ix * cxb, op + ix * step,
                                       k * g * cy * cxb, kz, cy, cxb, 1, itemsize, nelem)
     finally:
         free(ptrs)
@@ -438,6 +443,42 @@ cdef inline Py_ssize_t _literal_header(Py_ssize_t length) noexcept nogil:
     return 1 if length < 15 else 2 + (length - 15) // 255
 
 
+cdef Py_ssize_t _noise_planes(const uint8_t* src, Py_ssize_t pb, Py_ssize_t planes, _lz4_compress_t fn,
+                              int acceleration) noexcept nogil:
+    """How many leading planes of `pb` bytes at `src` are noise (copied as literals, not searched)."""
+    cdef Py_ssize_t k = 0
+    if pb >= _LITERAL_MIN_PLANE:
+        while k < planes and _incompressible(src + k * pb, pb, fn, acceleration):
+            k += 1
+    return k
+
+
+cdef inline Py_ssize_t _first_run(const uint8_t* q, Py_ssize_t* head) noexcept nogil:
+    """The literal run of the LZ4 sequence at `q`; its token and length bytes into `head`."""
+    cdef Py_ssize_t lit = q[0] >> 4, h = 1
+    cdef uint8_t b = 255
+    if lit == 15:
+        while b == 255:
+            b = q[h]
+            h += 1
+            lit += b
+    head[0] = h
+    return lit
+
+
+cdef inline void _put_token(uint8_t* out, uint8_t match_nibble, Py_ssize_t lit) noexcept nogil:
+    """An LZ4 token with a literal run of `lit` and its length bytes (_literal_header(lit) of them)."""
+    cdef Py_ssize_t pos = 1, v
+    out[0] = <uint8_t>(((15 if lit >= 15 else lit) << 4) | match_nibble)
+    if lit >= 15:
+        v = lit - 15
+        while v >= 255:
+            out[pos] = 255
+            pos += 1
+            v -= 255
+        out[pos] = <uint8_t>v
+
+
 @cython.cdivision(True)
 cdef Py_ssize_t _frame_planes(const uint8_t* src, Py_ssize_t n, Py_ssize_t planes, uint8_t* out,
                               Py_ssize_t cap, _lz4_compress_t fn, int acceleration) noexcept nogil:
@@ -451,51 +492,68 @@ cdef Py_ssize_t _frame_planes(const uint8_t* src, Py_ssize_t n, Py_ssize_t plane
     still one standard LZ4 block (the rest's matches reach back only into the rest).
     """
     cdef Py_ssize_t pb = n // planes if planes > 1 else 0
-    cdef Py_ssize_t k = 0, p, h, h1, lit, hn, body, v, pos
+    cdef Py_ssize_t k = _noise_planes(src, pb, planes, fn, acceleration)
+    cdef Py_ssize_t p = k * pb, h, h1, lit, hn, body
     cdef uint8_t* q
-    cdef uint8_t token, b
-    cdef int c
-    if pb >= _LITERAL_MIN_PLANE:
-        while k < planes and _incompressible(src + k * pb, pb, fn, acceleration):
-            k += 1
+    cdef uint8_t token
+    cdef int c = 0
     if k == 0:
         return _frame(src, n, out, cap, fn, acceleration)
-    p = k * pb
-    c = 0
     if k < planes:
         h = _literal_header(n)  # room for the merged token: its literal run is at most n
         q = out + 16 + h + p
         c = fn(<const char*>(src + p), <char*>q, <int>(n - p), <int>(cap - 16 - h - p), acceleration)
     if c > 0:
-        # the rest's first token and literal length, then everything after them
-        token = q[0]
-        lit = token >> 4
-        h1 = 1
-        if lit == 15:
-            b = 255
-            while b == 255:
-                b = q[h1]
-                h1 += 1
-                lit += b
-        lit += p
+        # the rest's first literal run grows by the planes; everything after it moves up
+        lit = _first_run(q, &h1) + p
         hn = _literal_header(lit)
         body = c - h1
         if hn + p + body < n:
+            token = q[0]  # read before the move, which may overwrite it
             memmove(out + 16 + hn + p, q + h1, body)
-            out[16] = <uint8_t>(((15 if lit >= 15 else lit) << 4) | (token & 15))
-            pos = 17
-            if lit >= 15:
-                v = lit - 15
-                while v >= 255:
-                    out[pos] = 255
-                    pos += 1
-                    v -= 255
-                out[pos] = <uint8_t>v
+            _put_token(out + 16, token & 15, lit)
             memcpy(out + 16 + hn, src, p)
             return _frame_header(out, n, hn + p + body)
     # nothing shrinks: stored verbatim, as H5Zlz4.c does
     memcpy(out + 16, src, n)
     return _frame_header(out, n, n)
+
+
+@cython.cdivision(True)
+cdef Py_ssize_t _frame_in_place(uint8_t* slot, Py_ssize_t off, Py_ssize_t n, Py_ssize_t planes,
+                                uint8_t* tmp, Py_ssize_t tcap, _lz4_compress_t fn, int acceleration,
+                                Py_ssize_t* start) noexcept nogil:
+    """:func:`_frame_planes` of the chunk at ``slot + off``, framed where it lies.
+
+    The frame is written inside ``slot[0:off + n]`` from ``slot[start]`` on: literal planes
+    stay where the chunk was gathered, and their token and the frame header go just before
+    them (``off >= 16 + _literal_header(n)`` leaves room for any run), so only LZ4's output
+    (through `tmp`, ``tcap >= n + n // 255 + 16``) is copied. Same bytes as _frame_planes.
+    """
+    cdef uint8_t* src = slot + off
+    cdef Py_ssize_t pb = n // planes if planes > 1 else 0
+    cdef Py_ssize_t k = _noise_planes(src, pb, planes, fn, acceleration)
+    cdef Py_ssize_t p = k * pb, h1, lit, hn, body, s
+    cdef int c = 0
+    if k < planes:
+        c = fn(<const char*>(src + p), <char*>tmp, <int>(n - p), <int>tcap, acceleration)
+    if c > 0 and k == 0 and c < n:
+        memcpy(slot + 16, tmp, c)
+        start[0] = 0
+        return _frame_header(slot, n, c)
+    if c > 0 and k > 0:
+        lit = _first_run(tmp, &h1) + p
+        hn = _literal_header(lit)
+        body = c - h1
+        if hn + p + body < n:
+            memcpy(src + p, tmp + h1, body)  # over the rest's bytes, compressed by now
+            s = off - hn
+            _put_token(slot + s, tmp[0] & 15, lit)
+            start[0] = s - 16
+            return _frame_header(slot + s - 16, n, hn + p + body)
+    # nothing shrinks: the chunk, where it lies, is the block (stored verbatim, as H5Zlz4.c)
+    start[0] = off - 16
+    return _frame_header(slot + off - 16, n, n)
 
 
 cdef inline Py_ssize_t _bound(Py_ssize_t n, Py_ssize_t planes) noexcept nogil:
@@ -505,11 +563,12 @@ cdef inline Py_ssize_t _bound(Py_ssize_t n, Py_ssize_t planes) noexcept nogil:
 
 cdef int _check_frame_args(Py_ssize_t n, Py_ssize_t cap, size_t compress, Py_ssize_t acceleration,
                            Py_ssize_t planes=1) except -1:
+    # cap < 0: no frame bound to check (frames written in place)
     if n < 1 or n > 0x7E000000:
         raise ValueError(f"LZ4 frames hold 1..{0x7E000000} bytes in one block, got {n}")
     if planes < 1 or planes > 64:
         raise ValueError(f"planes must be in 1..64, got {planes}")
-    if cap < _bound(n, planes):
+    if cap >= 0 and cap < _bound(n, planes):
         raise ValueError(f"out holds {cap} bytes, the frame may need {_bound(n, planes)}")
     if compress == 0:
         raise ValueError("no LZ4 compressor address")
@@ -602,3 +661,66 @@ def lz4_frames(const uint8_t[::1] src, Py_ssize_t chunk_bytes, Py_ssize_t itemsi
                 _shuffle_bytes(s, tmp, chunk_bytes, itemsize, False)
                 s = tmp
             sizes[i] = _frame_planes(s, chunk_bytes, planes, op + i * stride, stride, fn, <int>acceleration)
+
+
+def lz4_frames_in_place(uint8_t[::1] buf, Py_ssize_t offset, Py_ssize_t chunk_bytes, Py_ssize_t stride,
+                        uint8_t[::1] scratch, size_t compress, int64_t[::1] sizes, int64_t[::1] starts,
+                        Py_ssize_t acceleration=1, Py_ssize_t planes=1) -> None:
+    """HDF5-LZ4 frames of ``len(sizes)`` chunks, each framed in the slot it was gathered in.
+
+    The frames equal :func:`lz4_frame`'s of the same chunks. A shuffled chunk's literal
+    noise planes (see :func:`lz4_frame`) are not copied: they stay where they lie, and the
+    frame header and first token are written just before them, so a frame starts anywhere
+    in its slot's first `offset` bytes. Only LZ4's own output is copied (through `scratch`).
+
+    Parameters
+    ----------
+    buf : ndarray of uint8, 1-D, C-contiguous
+        ``len(sizes)`` slots of `stride` bytes; chunk ``i`` (already byte-shuffled when
+        `planes` > 1) lies at ``buf[i * stride + offset:][:chunk_bytes]``. Overwritten by
+        the frames.
+    offset : int
+        Room before each chunk for the frame header and the longest first token: at least
+        ``18 + (chunk_bytes - 15) // 255`` (17 for chunks under 15 bytes).
+    chunk_bytes : int
+        Bytes per chunk (1 .. 0x7E000000, one LZ4 block).
+    stride : int
+        Bytes per slot, at least ``offset + chunk_bytes``.
+    scratch : ndarray of uint8, 1-D
+        At least ``chunk_bytes + chunk_bytes // 255 + 16`` bytes for LZ4's output.
+    compress : int
+        Address of liblz4's ``LZ4_compress_fast``.
+    sizes, starts : ndarray of int64, 1-D, one per chunk
+        Receive frame ``i``'s length and its start within slot ``i``: the frame is
+        ``buf[i * stride + starts[i]:][:sizes[i]]``.
+    acceleration : int, default 1
+        LZ4 acceleration (1 .. 65537; 1 = ``LZ4_compress_default``).
+    planes : int, default 1
+        Byte planes of each chunk (the item size of a shuffled chunk).
+    """
+    cdef Py_ssize_t n = sizes.shape[0], i, start = 0
+    cdef uint8_t* bp
+    cdef uint8_t* tp
+    cdef Py_ssize_t tcap = scratch.shape[0]
+    cdef _lz4_compress_t fn = <_lz4_compress_t>compress
+    _check_frame_args(chunk_bytes, -1, compress, acceleration, planes)
+    if starts.shape[0] != n:
+        raise ValueError(f"starts has {starts.shape[0]} entries, sizes {n}")
+    if offset < 16 + _literal_header(chunk_bytes):
+        raise ValueError(f"offset {offset} leaves no room for the frame header and first token "
+                         f"(needs {16 + _literal_header(chunk_bytes)})")
+    if stride < offset + chunk_bytes:
+        raise ValueError(f"stride {stride} is shorter than offset + chunk_bytes ({offset + chunk_bytes})")
+    if tcap < chunk_bytes + chunk_bytes // 255 + 16:
+        raise ValueError(f"scratch holds {tcap} bytes, LZ4 may need {chunk_bytes + chunk_bytes // 255 + 16}")
+    if n == 0:
+        return
+    if buf.shape[0] < n * stride:
+        raise ValueError(f"buf holds {buf.shape[0]} bytes, {n} slots need {n * stride}")
+    bp = &buf[0]
+    tp = &scratch[0]
+    with nogil:
+        for i in range(n):
+            sizes[i] = _frame_in_place(bp + i * stride, offset, chunk_bytes, planes, tp, tcap, fn,
+                                       <int>acceleration, &start)
+            starts[i] = start

@@ -31,6 +31,7 @@ KERNEL_MODULES: dict[str, str] = {
     "gather_row": "_chunks",
     "lz4_frame": "_chunks",
     "lz4_frames": "_chunks",
+    "lz4_frames_in_place": "_chunks",
     "shuffle": "_chunks",
     "unshuffle": "_chunks",
 }

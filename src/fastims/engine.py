@@ -1139,19 +1139,26 @@ class Engine:
             offsets = [(slab.z0, iy * cy, ix * cx) for ix in range(n)]
             self._put(("chunks", dataset, offsets, list(row), row.nbytes, row))
             return
-        # compressed: runs of chunks through per-thread scratch of a fixed size, so the
-        # scratch does not grow with the layout's rows (memory stays flat in Z)
+        # compressed: runs of chunks of a fixed size, so the buffers do not grow with the
+        # layout's rows (memory stays flat in Z)
         k = max(1, min(n, self.GROUP_BYTES // chunk_bytes))
-        group = self._scratch("group", k * chunk_bytes).reshape(k, cz, cy, cx * itemsize)
         gather = _dispatch.kernel("gather_row")
         # a shuffled codec's chunks are shuffled as they are gathered: one pass over the bytes
         shuffle = itemsize if codec.shuffles else 1
+        room = codec.frame_room(chunk_bytes) if codec.shuffles else None
+        group = None
+        if room is None:
+            group = self._scratch("group", k * chunk_bytes).reshape(k, cz, cy, cx * itemsize)
         for i0 in range(0, n, k):
             if self._error is not None:
                 return
             m = min(k, n - i0)
-            gather(parts, slab.g, slab.depth, y0, i0 * cx * itemsize, group[:m], shuffle)
             offsets = [(slab.z0, iy * cy, ix * cx) for ix in range(i0, i0 + m)]
+            if group is None:
+                self._frame_group(dataset, offsets, parts, slab, y0, i0 * cx * itemsize, (cz, cy, cx * itemsize),
+                                  shuffle, room, codec)
+                continue
+            gather(parts, slab.g, slab.depth, y0, i0 * cx * itemsize, group[:m], shuffle)
             self._encode_group(dataset, offsets, group[:m].reshape(-1), chunk_bytes, codec)
 
     #: bytes of chunks gathered and encoded by one step of a compressed chunk row
@@ -1179,6 +1186,34 @@ class Engine:
         nbytes = sum(len(p) for p in payloads)
         self._reserve_io(nbytes)  # new bytes objects, counted here
         self._put(("chunks", dataset, offsets, payloads, nbytes, None))
+
+    def _frame_group(self, dataset: Any, offsets: list[tuple], parts: list, slab: _Slab, y0: int, x0: int,
+                     chunk: tuple[int, int, int], shuffle: int, room: int, codec: Codec) -> None:
+        """Gather consecutive chunks (shuffled) straight into the slots of a pooled buffer, frame
+        each where it lies (:meth:`Codec.encode_chunks_in_place`) and queue them for the writer.
+
+        A shuffled camera chunk's noise planes, half its bytes, are then written once, by the
+        gather, instead of gathered into scratch and copied into the frame.
+        """
+        m = len(offsets)
+        chunk_bytes = math.prod(chunk)
+        stride = room + -(-chunk_bytes // 64) * 64  # slots start on cache lines
+        out = self._take_io((m * stride,), np.uint8)
+        try:
+            # slot i's chunk at out[i * stride + room:]; as_strided: the slots lie apart
+            slots = np.lib.stride_tricks.as_strided(
+                out[room:], shape=(m, *chunk), strides=(stride, chunk[1] * chunk[2], chunk[2], 1), writeable=True)
+            _dispatch.kernel("gather_row")(parts, slab.g, slab.depth, y0, x0, slots, shuffle)
+            sizes = np.empty(m, np.int64)
+            starts = np.empty(m, np.int64)
+            codec.encode_chunks_in_place(out, room, chunk_bytes, stride, sizes, starts,
+                                         scratch=self._scratch("lz4", chunk_bytes + chunk_bytes // 255 + 16))
+        except BaseException:
+            self._give_io(out)
+            raise
+        payloads = [out[i * stride + a : i * stride + a + b] for i, (a, b) in enumerate(zip(starts.tolist(),
+                                                                                          sizes.tolist()))]
+        self._put(("chunks", dataset, offsets, payloads, int(sizes.sum()), out))
 
     def _gathered_io(self, slab: _Slab, parts: list, shape: tuple, y0: int) -> np.ndarray:
         """A pooled I/O buffer of `shape` holding the chunk row at row `y0` of `parts` (see _take_io)."""

@@ -308,6 +308,22 @@ def _first_run(frame: bytes) -> tuple[int, int]:
     return run, pos
 
 
+def _framed_in_place(fn, data: np.ndarray, address: int, acceleration: int, planes: int, *, pad: int = 0,
+                     slots: int = 2) -> tuple[list[bytes], list[int], int]:
+    """`data` gathered into `slots` slots (garbage around it) and framed where it lies by `fn`
+    (``lz4_frames_in_place``): the frames, their starts and the offset of the chunks."""
+    n = data.shape[0]
+    offset = 16 + (1 if n < 15 else 2 + (n - 15) // 255) + pad
+    stride = offset + n + 5
+    buf = np.full(slots * stride, 0xEE, np.uint8)
+    for i in range(slots):
+        buf[i * stride + offset : i * stride + offset + n] = data
+    sizes, starts = np.zeros(slots, np.int64), np.zeros(slots, np.int64)
+    fn(buf, offset, n, stride, np.empty(n + n // 255 + 16, np.uint8), address, sizes, starts, acceleration, planes)
+    frames = [buf[i * stride + a : i * stride + a + b].tobytes() for i, (a, b) in enumerate(zip(starts, sizes))]
+    return frames, [int(a) for a in starts], offset
+
+
 @pytest.mark.parametrize("case", list(_literal_cases()))
 def test_lz4_frame_literal_planes(case):
     """Leading noise planes become the first sequence's literals: kernel and twin write the
@@ -332,6 +348,18 @@ def test_lz4_frame_literal_planes(case):
         lz4f = ext.lz4_frames if fn is ext.lz4_frame else ref.lz4_frames
         lz4f(np.concatenate([data, data]), n, 1, np.empty(0, np.uint8), address, out2, bound, sizes, 2, planes)
         assert out2[: sizes[0]].tobytes() == out2[bound : bound + sizes[1]].tobytes() == frames[-1]
+        in_place = ext.lz4_frames_in_place if fn is ext.lz4_frame else ref.lz4_frames_in_place
+        for pad in (0, 45):
+            framed, starts, offset = _framed_in_place(in_place, data, address, 2, planes, pad=pad)
+            assert framed == [frames[-1]] * 2 and starts[0] == starts[1]
+            # the chunk's bytes stay where they were gathered: the block's (verbatim) or the
+            # first literals' (noise planes)
+            if len(frames[-1]) - 16 == n:
+                assert starts[0] == offset - 16
+            elif case in ("padded noise plane", "planes under 32 KiB", "zeros"):
+                assert starts[0] == 0  # LZ4 over the whole chunk: copied to the slot's start
+            else:
+                assert starts[0] + _first_run(frames[-1])[1] == offset
     assert frames[0] == frames[1]
     frame = frames[0]
     assert int.from_bytes(frame[:8], "big") == n and int.from_bytes(frame[8:12], "big") == n
@@ -398,7 +426,10 @@ def test_lz4_frame_planes_match_twin(planes, noisy, plane_kib, extra, seed):
     for fn in (ext.lz4_frame, ref.lz4_frame):
         out = np.empty(16 + n + 2 * (n // 255) + 34, np.uint8)
         frames.append(out[: fn(data, out, address, 1, planes)].tobytes())
-    assert frames[0] == frames[1]
+    placed = [_framed_in_place(fn, data, address, 1, planes, pad=extra, slots=1)[:2]
+              for fn in (ext.lz4_frames_in_place, ref.lz4_frames_in_place)]
+    assert frames[0] == frames[1] == placed[0][0][0]
+    assert placed[0] == placed[1]  # the same frame at the same start
     assert decode_lz4(frames[0]) == data.tobytes()
 
 
@@ -444,10 +475,18 @@ def test_gather_row_matches_twin_and_slab(yx, chunk, g, depth_cut, holes, short,
     expect = np.stack([naive_gather(slab[:cz], (0, y0, (ix0 + i) * cx), (cz, cy, cx)) for i in range(n)])
     if shuffled:  # the stored bytes of a shuffled chunk: byte b of element i at b * size + i
         expect = np.stack([c.reshape(-1, 1).view(np.uint8).T.reshape(-1) for c in expect]).view(dtype)
+    chunk_bytes = cz * cy * cx * itemsize
     for fn in (ext.gather_row, ref.gather_row):
         out = np.full((n, cz, cy, cx * itemsize), 0xAB, np.uint8)  # garbage: all must be written
         fn(parts, g, depth, y0, ix0 * cx * itemsize, out, *([itemsize] if shuffled else []))
         np.testing.assert_array_equal(out.view(dtype).reshape(expect.shape), expect)
+        # the chunks into slots apart (as lz4_frames_in_place takes them): the gaps stay as they were
+        gap = 1 + seed % 7
+        slots = np.full((n, chunk_bytes + gap), 0xCD, np.uint8)
+        fn(parts, g, depth, y0, ix0 * cx * itemsize, slots[:, :chunk_bytes].reshape(n, cz, cy, cx * itemsize),
+           *([itemsize] if shuffled else []))
+        np.testing.assert_array_equal(slots[:, :chunk_bytes].reshape(out.shape), out)
+        assert (slots[:, chunk_bytes:] == 0xCD).all()
 
 
 def test_gather_row_errors():
@@ -468,6 +507,13 @@ def test_gather_row_errors():
             fn([part], 2, 2, 0, 2, out, 4)  # x0 inside an element
         with pytest.raises(ValueError, match="whole 3-byte elements"):
             fn([part], 2, 2, 0, 0, np.zeros((1, 2, 4, 6), np.uint8), 3)  # part rows of 8 bytes
+        wide = np.zeros((2, 2, 4, 16), np.uint8)
+        with pytest.raises(ValueError, match="C-contiguous"):
+            fn([part], 2, 2, 0, 0, wide[:, :, :, ::2])  # chunk rows not contiguous
+        with pytest.raises(ValueError, match="C-contiguous"):
+            fn([part], 2, 2, 0, 0, wide[:, :, :, :8])  # a chunk's rows apart
+        with pytest.raises(ValueError, match="overlap"):
+            fn([part], 2, 2, 0, 0, np.lib.stride_tricks.as_strided(wide, (2, 2, 4, 8), (32, 32, 8, 1)))
 
 
 # -- lz4_frames: a row of chunks, shuffled and framed in one call ------------------------------
@@ -518,3 +564,29 @@ def test_lz4_frames_errors():
             fn(src, 32, 2, src[:8], 1, np.zeros(200, np.uint8), 64, sizes)
         with pytest.raises(ValueError, match="address"):
             fn(src, 32, 1, src, 0, np.zeros(200, np.uint8), 64, sizes)
+
+
+def test_lz4_frames_in_place_errors():
+    n = 4096
+    offset = 16 + 2 + (n - 15) // 255
+    buf = np.zeros(2 * (offset + n), np.uint8)
+    scratch = np.zeros(n + n // 255 + 16, np.uint8)
+    sizes, starts = np.zeros(2, np.int64), np.zeros(2, np.int64)
+    stride = offset + n
+    for fn in (ext.lz4_frames_in_place, ref.lz4_frames_in_place):
+        with pytest.raises(ValueError, match="no room"):
+            fn(buf, offset - 1, n, stride, scratch, 1, sizes, starts)
+        with pytest.raises(ValueError, match="stride"):
+            fn(buf, offset, n, stride - 1, scratch, 1, sizes, starts)
+        with pytest.raises(ValueError, match="scratch"):
+            fn(buf, offset, n, stride, scratch[:n], 1, sizes, starts)
+        with pytest.raises(ValueError, match="slots need"):
+            fn(buf[:-1], offset, n, stride, scratch, 1, sizes, starts)
+        with pytest.raises(ValueError, match="starts"):
+            fn(buf, offset, n, stride, scratch, 1, sizes, starts[:1])
+        with pytest.raises(ValueError, match="address"):
+            fn(buf, offset, n, stride, scratch, 0, sizes, starts)
+        with pytest.raises(ValueError, match="planes"):
+            fn(buf, offset, n, stride, scratch, 1, sizes, starts, 1, 0)
+        with pytest.raises(ValueError, match="one block"):
+            fn(buf, offset, 0, stride, scratch, 1, sizes, starts)

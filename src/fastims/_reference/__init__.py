@@ -3,7 +3,15 @@
 They are the test oracle and the fallback when ``FASTIMS_KERNELS=reference``.
 """
 
-from fastims._reference.chunks import gather_chunk, gather_row, lz4_frame, lz4_frames, shuffle, unshuffle
+from fastims._reference.chunks import (
+    gather_chunk,
+    gather_row,
+    lz4_frame,
+    lz4_frames,
+    lz4_frames_in_place,
+    shuffle,
+    unshuffle,
+)
 from fastims._reference.deflate import huffman_block
 from fastims._reference.downsample import downsample_bdv, downsample_imaris
 from fastims._reference.histogram import hist_binned, hist_u8, hist_u16, minmax_finite
@@ -19,6 +27,7 @@ __all__ = [
     "huffman_block",
     "lz4_frame",
     "lz4_frames",
+    "lz4_frames_in_place",
     "minmax_finite",
     "shuffle",
     "unshuffle",

@@ -5,9 +5,11 @@ Same names, signatures and results as the compiled kernels; they are the test or
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
-__all__ = ["gather_chunk", "gather_row", "lz4_frame", "lz4_frames", "shuffle", "unshuffle"]
+__all__ = ["gather_chunk", "gather_row", "lz4_frame", "lz4_frames", "lz4_frames_in_place", "shuffle", "unshuffle"]
 
 # dtypes the compiled gather_chunk is specialised for (it only moves bytes; other dtypes of
 # these widths are passed as a view of the unsigned type)
@@ -75,17 +77,23 @@ def gather_row(parts: list, g: int, depth: int, y0: int, x0: int, out: np.ndarra
         First row of the chunks.
     x0 : int
         First byte of the first chunk within a slab row.
-    out : ndarray of uint8, shape (n, cz, cy, cxb), C-contiguous
-        Receives chunk ``i`` = slab bytes ``[0:cz, y0:y0+cy, x0+i*cxb:x0+(i+1)*cxb]``.
+    out : ndarray of uint8, shape (n, cz, cy, cxb)
+        Receives chunk ``i`` = slab bytes ``[0:cz, y0:y0+cy, x0+i*cxb:x0+(i+1)*cxb]``;
+        each ``out[i]`` C-contiguous, the chunks apart by any stride of at least a chunk.
     itemsize : int, default 1
         Above 1, each chunk is stored byte-shuffled (HDF5 filter 2) with this element size;
         `x0`, ``cxb`` and the parts' row bytes must be multiples of it.
     """
     if g < 1:
         raise ValueError(f"g must be >= 1, got {g}")
-    if out.ndim != 4 or out.dtype != np.uint8 or not out.flags.c_contiguous:
-        raise ValueError("out must be a C-contiguous 4-D uint8 array")
+    if out.ndim != 4 or out.dtype != np.uint8:
+        raise ValueError("out must be a 4-D uint8 array")
     n, cz, cy, cxb = out.shape
+    chunk = cz * cy * cxb
+    # the strides of axes of length 1 do not matter (NumPy may set them to anything)
+    if n and chunk and ((cz > 1 and out.strides[1] != cy * cxb) or (cy > 1 and out.strides[2] != cxb)
+                        or (cxb > 1 and out.strides[3] != 1) or (n > 1 and out.strides[0] < chunk)):
+        raise ValueError("out's chunks must each be C-contiguous and must not overlap")
     if itemsize < 1:
         raise ValueError(f"itemsize must be >= 1, got {itemsize}")
     if x0 % itemsize or cxb % itemsize:
@@ -113,8 +121,8 @@ def gather_row(parts: list, g: int, depth: int, y0: int, x0: int, out: np.ndarra
             gather_chunk(planes, 0, y0, x0 + ix * cxb, out[ix, k * g : k * g + planes.shape[0]])
     if itemsize > 1:
         for ix in range(n):
-            chunk = out[ix].reshape(-1)
-            shuffle(chunk.copy(), itemsize, chunk)
+            flat = out[ix].reshape(-1)  # a view: out[ix] is C-contiguous
+            shuffle(flat.copy(), itemsize, flat)
 
 
 def _check_shuffle_args(src: np.ndarray, itemsize: int, out: np.ndarray) -> None:
@@ -170,7 +178,7 @@ def _check_frame_args(n: int, cap: int, compress: int, acceleration: int, planes
         raise ValueError(f"LZ4 frames hold 1..{0x7E000000} bytes in one block, got {n}")
     if planes < 1 or planes > 64:
         raise ValueError(f"planes must be in 1..64, got {planes}")
-    if cap < _frame_bound(n, planes):
+    if cap >= 0 and cap < _frame_bound(n, planes):  # cap < 0: frames written in place
         raise ValueError(f"out holds {cap} bytes, the frame may need {_frame_bound(n, planes)}")
     if compress == 0:
         raise ValueError("no LZ4 compressor address")
@@ -183,12 +191,51 @@ _LITERAL_MIN_PLANE = 32768
 _TRIAL = 2048
 
 
+def _first_run(block: bytes) -> tuple[int, int]:
+    """The literal run of the LZ4 sequence starting `block`, and the bytes of its token."""
+    literals, pos = block[0] >> 4, 1
+    while literals >= 15 and (pos == 1 or block[pos - 1] == 255):  # the run's length bytes
+        literals += block[pos]
+        pos += 1
+    return literals, pos
+
+
 def _token_bytes(token_nibble: int, literals: int) -> bytes:
     """An LZ4 token with a literal run of `literals` and match nibble `token_nibble`."""
     if literals < 15:
         return bytes([(literals << 4) | token_nibble])
     more, last = divmod(literals - 15, 255)
     return bytes([0xF0 | token_nibble]) + b"\xff" * more + bytes([last])
+
+
+def _lz4(compress: int, acceleration: int) -> Callable[[np.ndarray], bytes]:
+    """``LZ4_compress_fast`` at address `compress` through ctypes, as bytes in, bytes out."""
+    import ctypes
+
+    fn = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_int)(compress)
+
+    def lz4(part: np.ndarray) -> bytes:
+        part = np.ascontiguousarray(part)
+        tmp = np.empty(part.shape[0] + part.shape[0] // 255 + 16, np.uint8)
+        size = fn(part.ctypes.data, tmp.ctypes.data, part.shape[0], tmp.shape[0], acceleration)
+        return tmp[:size].tobytes()
+
+    return lz4
+
+
+def _noise_planes(data: np.ndarray, pb: int, planes: int, lz4: Callable[[np.ndarray], bytes]) -> int:
+    """How many leading planes of `pb` bytes LZ4 shrinks by less than 2 % on three windows."""
+    k = 0
+    if pb >= _LITERAL_MIN_PLANE:
+        while k < planes:
+            plane = data[k * pb : (k + 1) * pb]
+            mid = (pb - _TRIAL) // 2
+            windows = np.concatenate([plane[:_TRIAL], plane[mid : mid + _TRIAL], plane[pb - _TRIAL :]])
+            if len(lz4(windows)) * 51 < windows.shape[0] * 50:
+                break
+            k += 1
+    return k
 
 
 def lz4_frame(src: np.ndarray, out: np.ndarray, compress: int, acceleration: int = 1, planes: int = 1) -> int:
@@ -203,39 +250,18 @@ def lz4_frame(src: np.ndarray, out: np.ndarray, compress: int, acceleration: int
     whose three 2 KiB windows (start, middle, end), compressed together, shrink by less
     than 2 % become the literals of the block's first sequence; LZ4 compresses the rest.
     """
-    import ctypes
-
     n = src.shape[0]
     _check_frame_args(n, out.shape[0], compress, acceleration, planes)
-    fn = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int,
-                          ctypes.c_int)(compress)
+    lz4 = _lz4(compress, acceleration)
     data = np.ascontiguousarray(src, dtype=np.uint8)
-
-    def lz4(part: np.ndarray) -> bytes:
-        part = np.ascontiguousarray(part)
-        tmp = np.empty(part.shape[0] + part.shape[0] // 255 + 16, np.uint8)
-        size = fn(part.ctypes.data, tmp.ctypes.data, part.shape[0], tmp.shape[0], acceleration)
-        return tmp[:size].tobytes()
-
     pb = n // planes if planes > 1 else 0
-    k = 0
-    if pb >= _LITERAL_MIN_PLANE:
-        while k < planes:
-            plane = data[k * pb : (k + 1) * pb]
-            mid = (pb - _TRIAL) // 2
-            windows = np.concatenate([plane[:_TRIAL], plane[mid : mid + _TRIAL], plane[pb - _TRIAL :]])
-            if len(lz4(windows)) * 51 < windows.shape[0] * 50:
-                break
-            k += 1
+    k = _noise_planes(data, pb, planes, lz4)
     block = b""
     if k == 0:
         block = lz4(data)
     elif k < planes:
         rest = lz4(data[k * pb :])
-        literals, pos = rest[0] >> 4, 1
-        while literals >= 15 and (pos == 1 or rest[pos - 1] == 255):  # the run's length bytes
-            literals += rest[pos]
-            pos += 1
+        literals, pos = _first_run(rest)
         block = _token_bytes(rest[0] & 15, k * pb + literals) + data[: k * pb].tobytes() + rest[pos:]
     if not 0 < len(block) < n:
         block = data.tobytes()  # nothing shrinks: stored verbatim, as H5Zlz4.c does
@@ -269,3 +295,52 @@ def lz4_frames(src: np.ndarray, chunk_bytes: int, itemsize: int, scratch: np.nda
             shuffle(data, itemsize, scratch[:chunk_bytes])
             data = scratch[:chunk_bytes]
         sizes[i] = lz4_frame(data, out[i * stride : (i + 1) * stride], compress, acceleration, planes)
+
+
+def _literal_header(length: int) -> int:
+    """Bytes of an LZ4 token with a literal run of `length` (its length bytes included)."""
+    return 1 if length < 15 else 2 + (length - 15) // 255
+
+
+def lz4_frames_in_place(buf: np.ndarray, offset: int, chunk_bytes: int, stride: int, scratch: np.ndarray,
+                        compress: int, sizes: np.ndarray, starts: np.ndarray, acceleration: int = 1,
+                        planes: int = 1) -> None:
+    """HDF5-LZ4 frames of ``len(sizes)`` chunks, each framed in the slot it was gathered in.
+
+    Chunk ``i`` lies at ``buf[i * stride + offset:][:chunk_bytes]``; its frame, equal to
+    :func:`lz4_frame`'s, is written to ``buf[i * stride + starts[i]:][:sizes[i]]``. The
+    twin builds the frame with :func:`lz4_frame` and places it where the kernel leaves it:
+    a verbatim block and a block that starts with literal planes end up with those bytes
+    where the chunk lay (header and token just before), any other block at the slot's start.
+    """
+    n = sizes.shape[0]
+    _check_frame_args(chunk_bytes, -1, compress, acceleration, planes)
+    if starts.shape[0] != n:
+        raise ValueError(f"starts has {starts.shape[0]} entries, sizes {n}")
+    room = 16 + _literal_header(chunk_bytes)
+    if offset < room:
+        raise ValueError(f"offset {offset} leaves no room for the frame header and first token (needs {room})")
+    if stride < offset + chunk_bytes:
+        raise ValueError(f"stride {stride} is shorter than offset + chunk_bytes ({offset + chunk_bytes})")
+    need = chunk_bytes + chunk_bytes // 255 + 16
+    if scratch.shape[0] < need:
+        raise ValueError(f"scratch holds {scratch.shape[0]} bytes, LZ4 may need {need}")
+    if n == 0:
+        return
+    if buf.shape[0] < n * stride:
+        raise ValueError(f"buf holds {buf.shape[0]} bytes, {n} slots need {n * stride}")
+    frame = np.empty(_frame_bound(chunk_bytes, planes), np.uint8)
+    lz4 = _lz4(compress, acceleration)
+    pb = chunk_bytes // planes if planes > 1 else 0
+    for i in range(n):
+        slot = buf[i * stride : (i + 1) * stride]
+        data = slot[offset : offset + chunk_bytes].copy()
+        size = lz4_frame(data, frame, compress, acceleration, planes)
+        if size - 16 == chunk_bytes:  # verbatim: the chunk's bytes are the block
+            start = offset - 16
+        elif _noise_planes(data, pb, planes, lz4):  # the block starts with the literal planes
+            start = offset - _first_run(frame[16:].tobytes())[1] - 16
+        else:
+            start = 0
+        slot[start : start + size] = frame[:size]
+        sizes[i], starts[i] = size, start
