@@ -224,6 +224,11 @@ def encode_lz4(data: Any, *, block_size: int = LZ4_BLOCK_SIZE, acceleration: int
     return b"".join(parts)
 
 
+def lz4_bound(nbytes: int) -> int:
+    """liblz4's ``LZ4_compressBound``: the most one LZ4 block of `nbytes` may take."""
+    return nbytes + nbytes // 255 + 16
+
+
 def _check_acceleration(acceleration: Any) -> None:
     if not _is_int(acceleration) or not 1 <= acceleration <= LZ4_MAX_ACCELERATION:
         raise ValueError(f"LZ4 acceleration must be an integer in 1..{LZ4_MAX_ACCELERATION}, got {acceleration!r}")
@@ -268,7 +273,7 @@ def _find_lz4_compress() -> int:
             continue
         fn.restype = ctypes.c_int
         fn.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_int, ctypes.c_int]
-        out = ctypes.create_string_buffer(len(probe) + len(probe) // 255 + 16)
+        out = ctypes.create_string_buffer(lz4_bound(len(probe)))
         size = fn(probe, out, len(probe), len(out), 1)
         try:
             ok = 0 < size and lz4.block.decompress(out.raw[:size], uncompressed_size=len(probe)) == probe
@@ -749,7 +754,7 @@ class Codec:
             return None
         # shuffled chunks may start with literal planes: room for their longer first token
         extra = nbytes // 255 + 2 if self._planes > 1 else 0
-        return 16 + nbytes + nbytes // 255 + 16 + extra
+        return 16 + lz4_bound(nbytes) + extra
 
     def encode_into(self, data: np.ndarray, out: np.ndarray) -> int:
         """Compress chunk bytes (shuffled if needed) into `out`; return the encoded length.
@@ -825,12 +830,12 @@ class Codec:
             Receive each frame's length and its start within its slot: frame ``i`` is
             ``buf[i * stride + starts[i]:][:sizes[i]]`` and equals :meth:`compress` of chunk ``i``.
         scratch : ndarray of uint8, optional
-            Room for LZ4's output, ``chunk_bytes + chunk_bytes // 255 + 16`` bytes (keep one
+            Room for LZ4's output, :func:`lz4_bound` of `chunk_bytes` (keep one
             per worker thread); allocated per call when omitted.
         """
         if self.frame_bound(chunk_bytes) is None:
             raise ValueError(f"{self.encoder} cannot encode {chunk_bytes}-byte chunks into a buffer")
-        scratch = self._scratch(scratch, chunk_bytes + chunk_bytes // 255 + 16)
+        scratch = self._scratch(scratch, lz4_bound(chunk_bytes))
         _dispatch.kernel("lz4_frames_in_place")(buf, offset, chunk_bytes, stride, scratch, lz4_compress_address(),
                                                 sizes, starts, self.lz4_acceleration, self._planes)
 

@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from fastims import _dispatch
-from fastims.compression import Codec
+from fastims.compression import Codec, lz4_bound
 from fastims.errors import WriterStateError
 from fastims.histogram import Histogram
 from fastims.pyramid import downsampled_shape
@@ -1145,8 +1145,8 @@ class Engine:
         gather = _dispatch.kernel("gather_row")
         # a shuffled codec's chunks are shuffled as they are gathered: one pass over the bytes
         shuffle = itemsize if codec.shuffles else 1
+        # shuffled LZ4 chunks are framed where they are gathered; the others go through scratch
         room = codec.frame_room(chunk_bytes) if codec.shuffles else None
-        group = None
         if room is None:
             group = self._scratch("group", k * chunk_bytes).reshape(k, cz, cy, cx * itemsize)
         for i0 in range(0, n, k):
@@ -1154,12 +1154,12 @@ class Engine:
                 return
             m = min(k, n - i0)
             offsets = [(slab.z0, iy * cy, ix * cx) for ix in range(i0, i0 + m)]
-            if group is None:
-                self._frame_group(dataset, offsets, parts, slab, y0, i0 * cx * itemsize, (cz, cy, cx * itemsize),
-                                  shuffle, room, codec)
-                continue
-            gather(parts, slab.g, slab.depth, y0, i0 * cx * itemsize, group[:m], shuffle)
-            self._encode_group(dataset, offsets, group[:m].reshape(-1), chunk_bytes, codec)
+            x0 = i0 * cx * itemsize
+            if room is not None:
+                self._frame_group(dataset, offsets, parts, slab, y0, x0, (cz, cy, cx * itemsize), shuffle, room, codec)
+            else:
+                gather(parts, slab.g, slab.depth, y0, x0, group[:m], shuffle)
+                self._encode_group(dataset, offsets, group[:m].reshape(-1), chunk_bytes, codec)
 
     #: bytes of chunks gathered and encoded by one step of a compressed chunk row
     GROUP_BYTES = 4 << 20
@@ -1207,7 +1207,7 @@ class Engine:
             sizes = np.empty(m, np.int64)
             starts = np.empty(m, np.int64)
             codec.encode_chunks_in_place(out, room, chunk_bytes, stride, sizes, starts,
-                                         scratch=self._scratch("lz4", chunk_bytes + chunk_bytes // 255 + 16))
+                                         scratch=self._scratch("lz4", lz4_bound(chunk_bytes)))
         except BaseException:
             self._give_io(out)
             raise
