@@ -93,9 +93,8 @@ import numpy as np
 import numpy.typing as npt
 
 from fastims import _dispatch
-from fastims._reference.chunks import (
-    _literal_header,  # the LZ4 token rule the kernels share
-)
+# the LZ4 rules the kernels and their twins share
+from fastims._reference.chunks import _literal_header, lz4_bound
 from fastims.errors import FormatError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -222,11 +221,6 @@ def encode_lz4(data: Any, *, block_size: int = LZ4_BLOCK_SIZE, acceleration: int
         else:
             parts += (_LZ4_BLOCK_HEADER.pack(len(comp)), comp)
     return b"".join(parts)
-
-
-def lz4_bound(nbytes: int) -> int:
-    """liblz4's ``LZ4_compressBound``: the most one LZ4 block of `nbytes` may take."""
-    return nbytes + nbytes // 255 + 16
 
 
 def _check_acceleration(acceleration: Any) -> None:

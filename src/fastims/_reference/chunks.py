@@ -169,8 +169,19 @@ def _transpose_bytes(src: np.ndarray, itemsize: int, out: np.ndarray, *, reverse
     out[body:nbytes] = src[body:]
 
 
+def lz4_bound(nbytes: int) -> int:
+    """liblz4's ``LZ4_compressBound``: the most one LZ4 block of `nbytes` may take."""
+    return nbytes + nbytes // 255 + 16
+
+
+def _literal_header(length: int) -> int:
+    """Bytes of an LZ4 token with a literal run of `length` (its length bytes included)."""
+    return 1 if length < 15 else 2 + (length - 15) // 255
+
+
 def _frame_bound(n: int, planes: int) -> int:
-    return 16 + n + n // 255 + 16 + (n // 255 + 2 if planes > 1 else 0)
+    # with literal planes the rest is compressed after the longest merged token (n // 255 + 2)
+    return 16 + lz4_bound(n) + (n // 255 + 2 if planes > 1 else 0)
 
 
 def _check_frame_args(n: int, cap: int, compress: int, acceleration: int, planes: int = 1) -> None:
@@ -217,7 +228,7 @@ def _lz4(compress: int, acceleration: int) -> Callable[[np.ndarray], bytes]:
 
     def lz4(part: np.ndarray) -> bytes:
         part = np.ascontiguousarray(part)
-        tmp = np.empty(part.shape[0] + part.shape[0] // 255 + 16, np.uint8)
+        tmp = np.empty(lz4_bound(part.shape[0]), np.uint8)
         size = fn(part.ctypes.data, tmp.ctypes.data, part.shape[0], tmp.shape[0], acceleration)
         return tmp[:size].tobytes()
 
@@ -297,10 +308,6 @@ def lz4_frames(src: np.ndarray, chunk_bytes: int, itemsize: int, scratch: np.nda
         sizes[i] = lz4_frame(data, out[i * stride : (i + 1) * stride], compress, acceleration, planes)
 
 
-def _literal_header(length: int) -> int:
-    """Bytes of an LZ4 token with a literal run of `length` (its length bytes included)."""
-    return 1 if length < 15 else 2 + (length - 15) // 255
-
 
 def lz4_frames_in_place(buf: np.ndarray, offset: int, chunk_bytes: int, stride: int, scratch: np.ndarray,
                         compress: int, sizes: np.ndarray, starts: np.ndarray, acceleration: int = 1,
@@ -322,7 +329,7 @@ def lz4_frames_in_place(buf: np.ndarray, offset: int, chunk_bytes: int, stride: 
         raise ValueError(f"offset {offset} leaves no room for the frame header and first token (needs {room})")
     if stride < offset + chunk_bytes:
         raise ValueError(f"stride {stride} is shorter than offset + chunk_bytes ({offset + chunk_bytes})")
-    need = chunk_bytes + chunk_bytes // 255 + 16
+    need = lz4_bound(chunk_bytes)
     if scratch.shape[0] < need:
         raise ValueError(f"scratch holds {scratch.shape[0]} bytes, LZ4 may need {need}")
     if n == 0:
@@ -339,7 +346,7 @@ def lz4_frames_in_place(buf: np.ndarray, offset: int, chunk_bytes: int, stride: 
         if size - 16 == chunk_bytes:  # verbatim: the chunk's bytes are the block
             start = offset - 16
         elif _noise_planes(data, pb, planes, lz4):  # the block starts with the literal planes
-            start = offset - _first_run(frame[16:].tobytes())[1] - 16
+            start = offset - _first_run(frame[16 : 16 + room].tobytes())[1] - 16
         else:
             start = 0
         slot[start : start + size] = frame[:size]
