@@ -34,6 +34,10 @@ ctypedef fused pixel_t:
 cdef enum:
     # elements per block in the generic shuffle, so the strided source block stays in L1
     _SHUFFLE_BLOCK = 2048
+    # most output streams (chunks x byte planes) gather_row writes at once, row by row: the
+    # pages of 32 streams and the source stay within a 64-entry L1 data TLB; with 64 streams
+    # (a 4096-wide uint16 row) chunk by chunk was faster (4.0 against 3.3 GB/s)
+    _RUN_STREAMS = 32
 
 
 # ---------------------------------------------------------------------------------------
@@ -133,6 +137,59 @@ cdef void _gather_bytes(
                 _zero_bytes(out, o + lead + body, tail, k, n)
             o += row
             s += sx * itemsize
+
+
+@cython.cdivision(True)
+cdef void _gather_run(
+    const char** ptrs, const Py_ssize_t* depths, Py_ssize_t nparts, Py_ssize_t g,
+    Py_ssize_t sy, Py_ssize_t sx, Py_ssize_t y0, Py_ssize_t x0,
+    char* op, Py_ssize_t step, Py_ssize_t n, Py_ssize_t cz, Py_ssize_t cy, Py_ssize_t cxb,
+    Py_ssize_t k, Py_ssize_t nelem,
+) noexcept nogil:
+    """The n chunks of :func:`gather_row` spanning whole source rows, row by row: the slab is
+    read once, in order, and each row's pieces go to the n chunks (k > 1: byte-shuffled).
+
+    Chunk by chunk, a 1 MiB chunk of a 2048-wide uint16 slab reads 256 bytes from each of
+    4096 pages; read in order, the prefetchers stream the slab. Whole rows of a uint16 slab,
+    one thread: 512 / 1024 / 2048 wide 6.9 / 7.5 / 4.8-7.2 GB/s against 2.8 / 3.6 / 4.0.
+    """
+    cdef Py_ssize_t plane = cy * cxb
+    cdef Py_ssize_t z, p, kz, j, ix, y, o, xs, xa, xb
+    cdef const char* s
+    cdef bint inside = x0 >= 0 and x0 + n * cxb <= sx
+    for z in range(cz):
+        p = z // g
+        kz = z - p * g
+        o = z * plane
+        if p >= nparts or ptrs[p] == NULL or kz >= depths[p]:
+            for ix in range(n):
+                _zero_bytes(op + ix * step, o, plane, k, nelem)
+            continue
+        for j in range(cy):
+            y = y0 + j
+            if y < 0 or y >= sy:
+                for ix in range(n):
+                    _zero_bytes(op + ix * step, o, cxb, k, nelem)
+            else:
+                s = ptrs[p] + (kz * sy + y) * sx
+                if inside:  # the common case, without the bounds per chunk
+                    for ix in range(n):
+                        _put_bytes(op + ix * step, o, s + x0 + ix * cxb, cxb, k, nelem)
+                    o += cxb
+                    continue
+                for ix in range(n):
+                    xs = x0 + ix * cxb
+                    xa = xs if xs > 0 else 0
+                    xb = xs + cxb if xs + cxb < sx else sx
+                    if xb <= xa:
+                        _zero_bytes(op + ix * step, o, cxb, k, nelem)
+                        continue
+                    if xa > xs:
+                        _zero_bytes(op + ix * step, o, xa - xs, k, nelem)
+                    _put_bytes(op + ix * step, o + xa - xs, s + xa, xb - xa, k, nelem)
+                    if xs + cxb > xb:
+                        _zero_bytes(op + ix * step, o + xb - xs, xs + cxb - xb, k, nelem)
+            o += cxb
 
 
 def gather_chunk(
@@ -253,14 +310,17 @@ def gather_row(list parts, Py_ssize_t g, Py_ssize_t depth, Py_ssize_t y0, Py_ssi
             ptrs[k] = <const char*>&view[0, 0, 0]
             depths[k] = min(valid, view.shape[0])
         with nogil:
-            for ix in range(n):
-                for k in range((cz + g - 1) // g):
-                    kz = min(g, cz - k * g)  # chunk planes this part fills
-                    if k >= nparts or ptrs[k] == NULL:
-                        _zero_bytes(op + ix * step, k * g * cy * cxb, kz * cy * cxb, itemsize, nelem)
-                    else:
-                        _gather_bytes(ptrs[k], depths[k], sy, sx, 0, y0, x0 + ix * cxb, op + ix * step,
-                                      k * g * cy * cxb, kz, cy, cxb, 1, itemsize, nelem)
+            if x0 <= 0 and x0 + n * cxb >= sx and n * itemsize <= _RUN_STREAMS:
+                _gather_run(ptrs, depths, nparts, g, sy, sx, y0, x0, op, step, n, cz, cy, cxb, itemsize, nelem)
+            else:
+                for ix in range(n):
+                    for k in range((cz + g - 1) // g):
+                        kz = min(g, cz - k * g)  # chunk planes this part fills
+                        if k >= nparts or ptrs[k] == NULL:
+                            _zero_bytes(op + ix * step, k * g * cy * cxb, kz * cy * cxb, itemsize, nelem)
+                        else:
+                            _gather_bytes(ptrs[k], depths[k], sy, sx, 0, y0, x0 + ix * cxb, op + ix * step,
+                                          k * g * cy * cxb, kz, cy, cxb, 1, itemsize, nelem)
     finally:
         free(ptrs)
         free(depths)
