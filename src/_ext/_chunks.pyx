@@ -34,9 +34,9 @@ ctypedef fused pixel_t:
 cdef enum:
     # elements per block in the generic shuffle, so the strided source block stays in L1
     _SHUFFLE_BLOCK = 2048
-    # most output streams (chunks x byte planes) gather_row writes at once, row by row: the
-    # pages of 32 streams and the source stay within a 64-entry L1 data TLB; with 64 streams
-    # (a 4096-wide uint16 row) chunk by chunk was faster (4.0 against 3.3 GB/s)
+    # most output streams (chunks x byte planes) a shuffling gather_row writes at once, row by
+    # row: the pages of 32 streams and the source stay within a 64-entry L1 data TLB; with 64
+    # streams (a 4096-wide uint16 row) chunk by chunk was faster (4.0 against 3.3 GB/s)
     _RUN_STREAMS = 32
 
 
@@ -150,8 +150,10 @@ cdef void _gather_run(
     read once, in order, and each row's pieces go to the n chunks (k > 1: byte-shuffled).
 
     Chunk by chunk, a 1 MiB chunk of a 2048-wide uint16 slab reads 256 bytes from each of
-    4096 pages; read in order, the prefetchers stream the slab. Whole rows of a uint16 slab,
-    one thread: 512 / 1024 / 2048 wide 6.9 / 7.5 / 4.8-7.2 GB/s against 2.8 / 3.6 / 4.0.
+    4096 pages; read in order, the prefetchers stream the slab. Shuffled whole rows of a
+    uint16 slab, one thread: 512 / 1024 / 2048 wide 6.9 / 7.5 / 4.8-7.2 GB/s against 2.8 /
+    3.6 / 4.0. Plain copies keep the chunk order: faster alone (8.5 against 6.7 GB/s), but
+    uncompressed stacks were slower end to end in 5 of 7 alternating pairs.
     """
     cdef Py_ssize_t plane = cy * cxb
     cdef Py_ssize_t z, p, kz, j, ix, y, o, xs, xa, xb
@@ -310,7 +312,7 @@ def gather_row(list parts, Py_ssize_t g, Py_ssize_t depth, Py_ssize_t y0, Py_ssi
             ptrs[k] = <const char*>&view[0, 0, 0]
             depths[k] = min(valid, view.shape[0])
         with nogil:
-            if x0 <= 0 and x0 + n * cxb >= sx and n * itemsize <= _RUN_STREAMS:
+            if itemsize > 1 and x0 <= 0 and x0 + n * cxb >= sx and n * itemsize <= _RUN_STREAMS:
                 _gather_run(ptrs, depths, nparts, g, sy, sx, y0, x0, op, step, n, cz, cy, cxb, itemsize, nelem)
             else:
                 for ix in range(n):
