@@ -167,15 +167,18 @@ def slab_parts() -> list[np.ndarray]:
     return [np.ascontiguousarray(slab[z : z + CHUNK[0]]).view(np.uint8) for z in range(0, SLAB[0], CHUNK[0])]
 
 
-@pytest.mark.parametrize("path", ["gather into scratch, frame", "gather into slots, frame in place"])
+@pytest.mark.parametrize("path", ["gather into scratch, frame", "gather into slots, frame in place",
+                                  "gather whole rows into slots, frame in place"])
 def test_shuffle_lz4_rows(benchmark, slab_parts, path):
-    """The engine's shuffle+LZ4 step per run of 4 chunks of a row: gather (shuffling) and frame.
+    """The engine's shuffle+LZ4 step per run of chunks of a row: gather (shuffling) and frame.
 
-    Before the eleventh session the chunks were gathered into per-thread scratch and framed
-    into the writer's buffer (their literal noise planes copied there); now they are gathered
-    straight into that buffer's slots and framed where they lie. ``time vs scratch`` of the
-    second path is the ratio of the median times of the two, run alternately over the whole
-    slab (robust to load; row by row, the second would find the first's rows in the cache).
+    Before the eleventh session the chunks were gathered, 4 at a time, into per-thread
+    scratch and framed into the writer's buffer (their literal noise planes copied there);
+    then they were gathered straight into that buffer's slots and framed where they lie;
+    since the twelfth, a whole row at a time (``gather_row`` then reads the slab in order).
+    ``time vs scratch`` of the other paths is the ratio of their median time to the first's,
+    run alternately over the whole slab (robust to load; row by row, the second would find
+    the first's rows in the cache).
     """
     from fastims import _dispatch
 
@@ -183,7 +186,8 @@ def test_shuffle_lz4_rows(benchmark, slab_parts, path):
     cz, cy, cx = CHUNK
     row = (cz, cy, cx * 2)
     chunk_bytes = cz * cy * cx * 2
-    k = 4  # chunks per step (Engine.GROUP_BYTES)
+    k = 4  # chunks per step through scratch (Engine.GROUP_BYTES)
+    whole = SLAB[2] // cx  # a row's chunks
     bound = codec.frame_bound(chunk_bytes)
     room = codec.frame_room(chunk_bytes)
     if bound is None or room is None:
@@ -191,24 +195,36 @@ def test_shuffle_lz4_rows(benchmark, slab_parts, path):
     stride = room + chunk_bytes
     gather = _dispatch.kernel("gather_row")
     group = np.zeros((k, *row), np.uint8)
-    out = np.zeros(k * max(bound, stride), np.uint8)
-    slots = np.lib.stride_tricks.as_strided(out[room:], (k, *row), (stride, cy * cx * 2, cx * 2, 1), writeable=True)
+    out = np.zeros(whole * max(bound, stride), np.uint8)
     scratch = np.zeros(lz4_bound(chunk_bytes), np.uint8)
-    sizes, starts = np.zeros(k, np.int64), np.zeros(k, np.int64)
+    sizes, starts = np.zeros(whole, np.int64), np.zeros(whole, np.int64)
 
-    def scratch_step(part: np.ndarray, y0: int, x0: int) -> int:
-        gather([part], cz, cz, y0, x0, group, 2)
-        codec.encode_chunks_into(group.reshape(-1), chunk_bytes, out, bound, sizes, shuffled=True)
-        return int(sizes.sum())
+    def in_place(m: int) -> Callable[..., int]:
+        slots = np.lib.stride_tricks.as_strided(out[room:], (m, *row), (stride, cy * cx * 2, cx * 2, 1),
+                                                writeable=True)
 
-    def slots_step(part: np.ndarray, y0: int, x0: int) -> int:
-        gather([part], cz, cz, y0, x0, slots, 2)
-        codec.encode_chunks_in_place(out, room, chunk_bytes, stride, sizes, starts, scratch=scratch)
-        return int(sizes.sum())
+        def slots_step(part: np.ndarray, y0: int) -> int:
+            encoded = 0
+            for x0 in range(0, SLAB[2] * 2, m * cx * 2):
+                gather([part], cz, cz, y0, x0, slots, 2)
+                codec.encode_chunks_in_place(out, room, chunk_bytes, stride, sizes[:m], starts[:m], scratch=scratch)
+                encoded += int(sizes[:m].sum())
+            return encoded
+        return slots_step
 
-    steps = [(p, y0, x0) for p in slab_parts for y0 in range(0, SLAB[1], cy)
-             for x0 in range(0, SLAB[2] * 2, k * cx * 2)]
-    step = slots_step if path.endswith("in place") else scratch_step
+    def scratch_step(part: np.ndarray, y0: int) -> int:
+        encoded = 0
+        for x0 in range(0, SLAB[2] * 2, k * cx * 2):
+            gather([part], cz, cz, y0, x0, group, 2)
+            codec.encode_chunks_into(group.reshape(-1), chunk_bytes, out, bound, sizes[:k], shuffled=True)
+            encoded += int(sizes[:k].sum())
+        return encoded
+
+    steps = [(p, y0) for p in slab_parts for y0 in range(0, SLAB[1], cy)]
+    if path.startswith("gather into scratch"):
+        step = scratch_step
+    else:
+        step = in_place(whole if path.startswith("gather whole rows") else k)
 
     def run(step: Callable[..., int] = step) -> int:
         return sum(step(*s) for s in steps)
@@ -217,12 +233,12 @@ def test_shuffle_lz4_rows(benchmark, slab_parts, path):
     benchmark.group = "shuffle+lz4 rows"
     encoded = benchmark.pedantic(run, rounds=5, iterations=1)
     _report(benchmark, sum(p.nbytes for p in slab_parts), encoded)
-    if step is slots_step:
-        times: dict[Callable[..., int], list[float]] = {slots_step: [], scratch_step: []}
+    if step is not scratch_step:
+        times: dict[Callable[..., int], list[float]] = {step: [], scratch_step: []}
         for _ in range(7):
             for fn, spent in times.items():
                 t0 = time.perf_counter()
                 run(fn)
                 spent.append(time.perf_counter() - t0)
-        ratio = float(np.median(times[slots_step]) / np.median(times[scratch_step]))
+        ratio = float(np.median(times[step]) / np.median(times[scratch_step]))
         benchmark.extra_info["time vs scratch"] = round(ratio, 3)
