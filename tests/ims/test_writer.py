@@ -16,6 +16,7 @@ import pytest
 import fastims
 from fastims import _dispatch
 from fastims.compression import lz4_compress_address
+from fastims.engine import Engine
 from fastims.errors import WriterStateError
 from fastims.histogram import Histogram
 from fastims.ims.layout import imaris_levels
@@ -93,16 +94,31 @@ def test_round_trip_levels_and_histograms(tmp_path, dtype, compression, shuffle)
                 assert data.shuffle == (shuffle and dtype == "uint16")
 
 
-def test_shuffled_lz4_noise_planes_are_literals_any_reader_decodes(tmp_path):
+@pytest.mark.parametrize("whole_rows", [True, False])
+def test_shuffled_lz4_noise_planes_are_literals_any_reader_decodes(tmp_path, monkeypatch, whole_rows):
     """Full-size shuffled LZ4 chunks start with the low-byte plane as plain literals (see
     ``lz4_frame``); HDF5's LZ4 filter (hdf5plugin) reads every level back exactly, padded
-    edge chunks included."""
+    edge chunks included -- whether a row's chunks are gathered whole (the slab read row by
+    row) or one at a time (chunk by chunk)."""
+    if not whole_rows:
+        monkeypatch.setattr(Engine, "ROW_BYTES", 0)
+        monkeypatch.setattr(Engine, "GROUP_BYTES", 1)
+    groups: list[int] = []  # chunks gathered and framed per step
+    frame_group = Engine._frame_group
+
+    def spy(self, dataset, offsets, *args):
+        groups.append(len(offsets))
+        return frame_group(self, dataset, offsets, *args)
+
+    monkeypatch.setattr(Engine, "_frame_group", spy)
     stack = camera_stack((20, 300, 520), "uint16", seed=8)  # level 0 in 8 x 256 x 256 chunks
     path = tmp_path / "a.ims"
     with fastims.ImsWriter(path, shape=(1, 1, *stack.shape), dtype=stack.dtype, compression="lz4",
                            shuffle=True) as w:
         for z in range(stack.shape[0]):
             w.write_plane(stack[z], z=z)
+    if lz4_compress_address():  # without liblz4 the chunks go through scratch
+        assert max(groups) == (3 if whole_rows else 1)  # level 0's rows: 3 chunks (the last padded)
     expected = _reference_pyramid(stack)
     address = lz4_compress_address()
     lz4_frame = _dispatch.kernel("lz4_frame")
