@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 
 import h5py
 import numpy as np
@@ -56,9 +57,10 @@ def _random_ops(f: StagingFile, model: bytearray, rng: np.random.Generator, n_op
 
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("direct", [True, False], ids=["direct", "buffered"])
-def test_random_writes_and_reads_match_a_plain_file(tmp_path, seed, direct):
+@pytest.mark.parametrize("eager", [None, THRESHOLD + 4096], ids=["full-runs", "eager-runs"])
+def test_random_writes_and_reads_match_a_plain_file(tmp_path, seed, direct, eager):
     path = tmp_path / "f.bin"
-    f = StagingFile(path, capacity=CAP, threshold=THRESHOLD)
+    f = StagingFile(path, capacity=CAP, threshold=THRESHOLD, eager=eager)
     if not direct and f.direct_fd >= 0:
         os.close(f.direct_fd)
         f.direct_fd = -1
@@ -184,6 +186,105 @@ def test_full_runs_are_written_in_the_background_in_order(tmp_path, monkeypatch)
     assert [off for off, _ in calls] == sorted(off for off, _ in calls)  # in file order
     assert all(off % 4096 == 0 and n % 4096 == 0 for off, n in calls)  # whole pages
     assert f._io is None and f._inflight is None
+
+
+def _idle_disk(f: StagingFile) -> None:
+    """Wait (up to 10 s) until the run in flight, if any, is written."""
+    for _ in range(10_000):
+        if f._inflight is None or f._io.finished:
+            return
+        time.sleep(0.001)
+    raise AssertionError("the helper never finished its run")
+
+
+@pytest.mark.parametrize("eager", [None, THRESHOLD], ids=["default", "eager"])
+def test_runs_go_to_an_idle_disk_once_they_hold_eager_bytes(tmp_path, monkeypatch, eager):
+    """With the disk idle, a run of `eager` bytes is written at once instead of filling up."""
+    path = tmp_path / "f.bin"
+    calls: list = []
+    _spy_run_writer(monkeypatch, calls)
+    f = StagingFile(path, capacity=CAP, threshold=THRESHOLD, eager=eager)
+    if f.direct_fd < 0:
+        f.close()
+        pytest.skip("this file system refuses O_DIRECT: runs are written synchronously")
+    rng = np.random.default_rng(3)
+    model = bytearray()
+    try:
+        for _ in range(12):
+            pos = -(-len(model) // 4096) * 4096
+            data = rng.integers(0, 256, int(rng.integers(THRESHOLD, 2 * THRESHOLD)), dtype=np.uint8)
+            f.seek(pos)
+            f.write(data)
+            model.extend(bytes(pos - len(model)))
+            model.extend(data.tobytes())
+            _idle_disk(f)
+    finally:
+        f.close()
+    assert path.read_bytes() == bytes(model)
+    if eager is None:  # the default (4 MiB) exceeds this capacity: only full runs go early
+        assert len(calls) < 12
+    else:  # every chunk found the disk idle: one run each, in file order
+        assert len(calls) == 12
+        assert [off for off, _ in calls] == sorted(off for off, _ in calls)
+
+
+def test_eager_must_be_positive(tmp_path):
+    with pytest.raises(ValueError, match="eager"):
+        StagingFile(tmp_path / "f.bin", eager=0)
+
+
+def test_the_helper_reports_a_finished_run_without_waiting(tmp_path):
+    import fastims._staging as staging_mod
+
+    if staging_mod.RunWriter is None:
+        pytest.skip("fastims._ext._io not built")
+    path = tmp_path / "f.bin"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    io = staging_mod.RunWriter(fd)
+    try:
+        assert not io.finished  # nothing in flight
+        buf = np.arange(8192, dtype=np.uint8)
+        io.submit(buf, 4096)
+        for _ in range(10_000):
+            if io.finished:
+                break
+            time.sleep(0.001)
+        assert io.finished and io.finished  # asking again does not lose the answer
+        assert io.wait() == 8192  # returns at once, with the run's byte count
+        assert not io.finished
+        io.submit(buf[:100], 0)
+        assert io.wait() == 100  # a plain wait still works after a finished one
+    finally:
+        io.close()
+        os.close(fd)
+    data = path.read_bytes()
+    assert data[:100] == buf[:100].tobytes() and data[4096:] == buf.tobytes()
+
+
+def test_pages_a_run_left_partly_unwritten_are_read_back_in_the_background(tmp_path, monkeypatch):
+    """HDF5 later writes metadata into a run's holes: their pages are asked into the page cache."""
+    path = tmp_path / "f.bin"
+    f = _direct_staging(path)
+    advised: list[tuple[int, int]] = []
+    real = os.posix_fadvise
+
+    def spy(fd, offset, length, advice):
+        if fd == f.fd and advice == os.POSIX_FADV_WILLNEED:
+            advised.append((offset, offset + length))
+        return real(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", spy)
+    f.write(np.ones(THRESHOLD + 100, np.uint8))  # bytes 0 .. 8292
+    f.seek(2 * THRESHOLD)  # the next chunk of the run leaves a gap: 8292 .. 16384
+    f.write(np.ones(THRESHOLD + 50, np.uint8))  # 16384 .. 24626: its last page is partly written
+    f.close()
+    assert f.direct_bytes == 7 * 4096
+    assert all(a % 4096 == 0 and b % 4096 == 0 for a, b in advised)
+    covered = lambda x: any(a <= x < b for a, b in advised)  # noqa: E731
+    for x in (8292, 12288, 16383, 24626, 28671):
+        assert covered(x), (x, advised)  # the gap's pages and the last page
+    for x in (0, 8191, 16384, 24575):
+        assert not covered(x), (x, advised)  # pages the run wrote whole are not read back
 
 
 def test_a_direct_write_the_helper_reports_refused_is_redone_through_the_page_cache(tmp_path, monkeypatch):

@@ -24,6 +24,7 @@ from cpython.pythread cimport (
     PyThread_free_lock,
     PyThread_release_lock,
     PyThread_type_lock,
+    NOWAIT_LOCK,
     WAIT_LOCK,
 )
 from libc.stdint cimport uint8_t
@@ -69,7 +70,8 @@ cdef class RunWriter:
     Notes
     -----
     One run in flight at a time: :meth:`submit`, then :meth:`wait` (which releases the GIL
-    while it waits) before the next :meth:`submit`. :meth:`close` stops the thread.
+    while it waits) before the next :meth:`submit`; :attr:`finished` asks without waiting.
+    :meth:`close` stops the thread.
     """
 
     cdef PyThread_type_lock _job   # released by submit/close: one job (or stop) posted
@@ -81,6 +83,7 @@ cdef class RunWriter:
     cdef Py_ssize_t _result  # bytes written, or -errno
     cdef bint _stop
     cdef bint _busy
+    cdef bint _finished  # the helper's signal for the run in flight was already taken by finished
     cdef bint _closed
     cdef object _owner   # the buffer in flight, kept alive until wait()
     cdef object _thread
@@ -125,6 +128,18 @@ cdef class RunWriter:
         """True while a submitted buffer has not been waited for."""
         return self._busy
 
+    @property
+    def finished(self) -> bool:
+        """True when the run in flight has been written (or failed): :meth:`wait` will not block.
+
+        False while it is being written, and when nothing is in flight. Never blocks.
+        """
+        if not self._busy:
+            return False
+        if not self._finished and PyThread_acquire_lock(self._done, NOWAIT_LOCK):
+            self._finished = True
+        return self._finished
+
     def submit(self, const uint8_t[::1] buffer, long long offset) -> None:
         """Start writing `buffer` (C-contiguous uint8) at `offset`; returns at once.
 
@@ -154,8 +169,10 @@ cdef class RunWriter:
         """
         if not self._busy:
             return 0
-        with nogil:
-            PyThread_acquire_lock(self._done, WAIT_LOCK)
+        if not self._finished:
+            with nogil:
+                PyThread_acquire_lock(self._done, WAIT_LOCK)
+        self._finished = False
         self._busy = False
         self._owner = None
         if self._result < 0:

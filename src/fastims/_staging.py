@@ -8,11 +8,13 @@ on VMs that return free memory to their host. :class:`StagingFile` is the file o
 ``fileobj`` driver writes through instead: a run of large writes at increasing, page-aligned
 offsets (HDF5 places chunks of >= 64 KiB on 4 KiB boundaries at the end of the file, see
 :data:`fastims.engine.ALIGNED_FILE`) is gathered in one page-aligned staging buffer and
-written with ``O_DIRECT`` when the buffer fills or the file is flushed, read or closed. A
-run that fills is written by a helper thread while the next one fills a fresh buffer, so the
-HDF5 writer thread does not wait for the disk (it was busy ~87 % of a deep shuffle+LZ4 stack's
-time, a third of it in these writes, and the encoding workers waited for it). Every other
-write goes through the page cache as before, after the run in flight is on disk.
+written with ``O_DIRECT`` when the buffer fills (or holds ``eager`` bytes while the disk is
+idle) or the file is flushed, read or closed. Such a run is written by a helper thread while
+the next one fills a fresh buffer, so the HDF5 writer thread does not wait for the disk (it
+was busy ~87 % of a deep shuffle+LZ4 stack's time, a third of it in these writes, and the
+encoding workers waited for it). Every other write goes through the page cache as before,
+after the run in flight is on disk; the pages a run left partly unwritten are read back into
+the cache in the background, so HDF5's later metadata writes there do not wait for the disk.
 
 Correctness rests on three rules. Until the staging buffer is written it is the file's content
 for its window: writes landing in the window go into the buffer, and a write partly
@@ -62,6 +64,9 @@ except ImportError:  # pragma: no cover - the extension is built with the packag
 __all__ = ["StagingFile", "close_h5", "create_h5", "h5_path"]
 
 
+_WILLNEED = getattr(os, "POSIX_FADV_WILLNEED", None)
+
+
 def _pages(nbytes: int) -> int:
     """`nbytes` rounded up to whole pages (direct I/O writes whole pages)."""
     return -(-nbytes // _ALIGN) * _ALIGN
@@ -78,17 +83,28 @@ class StagingFile:
         Bytes of the staging buffer (a multiple of 4 KiB): the size of one direct write.
     threshold : int, optional
         Smallest write that starts a staged run (HDF5's alignment threshold for chunks).
+    eager : int, optional
+        A run holding this many bytes goes to the disk as soon as the disk is idle, before the
+        buffer fills (default :attr:`EAGER`).
     """
 
     #: bytes of one direct write (8-64 MiB writes run at the disk's rate on the VMs we target)
     CAPACITY = 16 << 20
+    #: a staged run this large is written as soon as the disk is idle: the disk then keeps
+    #: pace with the encoders, and what is left for the end of a stream (written while
+    #: nothing else runs) is one short run instead of up to two full ones
+    EAGER = 4 << 20
 
-    def __init__(self, path: str | os.PathLike, *, capacity: int = CAPACITY, threshold: int = 64 << 10) -> None:
+    def __init__(self, path: str | os.PathLike, *, capacity: int = CAPACITY, threshold: int = 64 << 10,
+                 eager: int | None = None) -> None:
         if capacity <= 0 or capacity % _ALIGN:
             raise ValueError(f"capacity must be a positive multiple of {_ALIGN}, got {capacity}")
+        if eager is not None and eager <= 0:
+            raise ValueError(f"eager must be positive, got {eager}")
         self.path = os.fspath(path)
         self.capacity = int(capacity)
         self.threshold = int(threshold)
+        self.eager = int(eager) if eager is not None else self.EAGER
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         self.direct_fd = open_direct(self.path)
         self.direct_bytes = 0  # written with O_DIRECT, for tests and benchmarks
@@ -146,6 +162,7 @@ class StagingFile:
             if start <= pos and pos + n <= start + self.capacity and pos - start - self._used <= self.threshold:
                 self._stage_write(pos - start, view)
                 self._advance(pos + n)
+                self._maybe_start_run()
                 return n
             if pos + n > start:  # overlaps the window, or lies beyond it: the run ends here
                 # a write past the run's last page touches nothing it writes: write it meanwhile
@@ -156,9 +173,11 @@ class StagingFile:
                 self._stage = self._take_stage()
             self._start, self._used = pos, 0
             self._stage_write(0, view)
-        else:
-            self._wait_io()
-            _pwrite_all(self.fd, [view], pos)
+            self._advance(pos + n)
+            self._maybe_start_run()
+            return n
+        self._wait_io()
+        _pwrite_all(self.fd, [view], pos)
         self._advance(pos + n)
         return n
 
@@ -220,6 +239,13 @@ class StagingFile:
             self._pooled.append(buf)
             return buf
         return aligned_empty(self.capacity)
+
+    def _maybe_start_run(self) -> None:
+        """Hand the staged run to the disk early when the disk is idle and the run holds `eager` bytes."""
+        if self._used < self.eager or self.direct_fd < 0 or RunWriter is None:
+            return
+        if self._inflight is None or self._io.finished:
+            self._write_stage(background=True)
 
     def _advance(self, end: int) -> None:
         self._pos = end
@@ -298,16 +324,27 @@ class StagingFile:
                 self.direct_fd = -1
                 self._write_run(stage, start, used, holes)
                 return
-            self._direct_done(start, used, eof)
+            self._direct_done(start, used, eof, holes)
         finally:
             self._spare.append(stage)
 
-    def _direct_done(self, start: int, used: int, eof: int) -> None:
-        """Account a run written with direct I/O; cut the page's tail that is not part of the file."""
+    def _direct_done(self, start: int, used: int, eof: int, holes: list[list[int]]) -> None:
+        """Account a run written with direct I/O; cut the page's tail that is not part of the file.
+
+        The pages of its holes are read back into the page cache in the background: HDF5 later
+        writes metadata it placed there (chunk index nodes, allocated between chunks), and a
+        write of part of a page the cache does not hold waits for the disk to read it first
+        (~0.15 ms each, dozens of them in the final flush).
+        """
         padded = _pages(used)
         self.direct_bytes += padded
         if start + padded > max(eof, start + used):
             os.ftruncate(self.fd, max(eof, start + used))
+        if _WILLNEED is not None:
+            for a, b in [*holes, [used, padded]]:
+                if b > a:
+                    a0 = (start + a) // _ALIGN * _ALIGN
+                    os.posix_fadvise(self.fd, a0, start + _pages(b) - a0, _WILLNEED)
 
     def _write_run(self, stage: np.ndarray, start: int, used: int, holes: list[list[int]]) -> None:
         """Write a detached run whose holes are filled (see :meth:`_write_stage`), in this thread."""
@@ -315,7 +352,7 @@ class StagingFile:
             padded = _pages(used)
             eof = os.fstat(self.fd).st_size
             if write_direct(self.direct_fd, [memoryview(stage[:padded])], start):
-                self._direct_done(start, used, eof)
+                self._direct_done(start, used, eof, holes)
                 return
             self.direct_fd = -1
         # buffered: skip the holes, whose bytes belong to whoever wrote them
