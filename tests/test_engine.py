@@ -547,6 +547,59 @@ def test_observers_see_every_plane_of_their_level_once(tmp_path, monkeypatch, pa
     np.testing.assert_array_equal(np.stack([seen[1][z] for z in range(6)]), downsample(data, (2, 2, 2), rule="imaris"))
 
 
+@pytest.mark.parametrize("band_bytes", [1, 1 << 40])
+def test_each_level_is_reported_done_once_with_its_final_histogram(tmp_path, monkeypatch, band_bytes):
+    import threading
+
+    import h5py
+
+    from fastims.histogram import Histogram
+    from fastims.pyramid import downsample
+    from fastims.synthetic import camera_stack
+
+    monkeypatch.setattr(Engine, "BAND_BYTES", band_bytes)
+    data = camera_stack((13, 40, 50), "uint16", seed=5)
+    levels = [LevelSpec((13, 40, 50), (4, 16, 16)), LevelSpec((6, 20, 25), (2, 16, 16), 0, (2, 2, 2)),
+              LevelSpec((3, 10, 12), (2, 16, 16), 1, (2, 2, 2))]
+    events: list = []
+    lock = threading.Lock()
+
+    def level_done(stream, li):
+        with lock:
+            events.append(("level", li, stream.histograms[li].full_counts().copy()))
+
+    def done(stream):
+        with lock:
+            events.append(("stream", None, None))
+
+    engine = Engine(max_workers=2)
+    f = engine.call(h5py.File, tmp_path / "l.h5", "w")
+    try:
+        refs = [engine.call(f.create_dataset, f"L{i}", shape=tuple(-(-n // c) * c for n, c in zip(s.shape, s.chunks)),
+                            dtype="uint16", chunks=s.chunks) for i, s in enumerate(levels)]
+        stream = engine.open_stream(0, dtype=np.uint16, levels=levels, datasets=refs,
+                                    codec=Codec.create(None, dtype=np.uint16), rule="imaris",
+                                    on_done=done, on_level_done=level_done)
+        for z in range(13):
+            engine.write(stream, z, data[z : z + 1])
+        engine.wait()
+    finally:
+        engine.call(f.close)
+        engine.close()
+    # each level once, in any order (a level's last chunks may finish after its children's), and
+    # the stream once (another thread may still be reporting its level then)
+    assert sorted(e[1] for e in events if e[0] == "level") == [0, 1, 2]
+    assert [e[0] for e in events].count("stream") == 1
+    counts = {li: c for kind, li, c in events if kind == "level"}
+    volume = data
+    for li in range(3):  # the histogram was final when reported
+        if li:
+            volume = downsample(volume, (2, 2, 2), rule="imaris")
+        expect = Histogram(np.uint16)
+        expect.update(volume)
+        np.testing.assert_array_equal(counts[li], expect.full_counts())
+
+
 def test_observers_need_an_existing_level():
     engine = Engine(max_workers=1)
     try:

@@ -430,6 +430,7 @@ class Stream:
         histograms: bool,
         on_done: Callable[[Stream], None] | None,
         observers: Mapping[int, Callable[[int, np.ndarray, int], None]] | None = None,
+        on_level_done: Callable[[Stream, int], None] | None = None,
     ) -> None:
         self.engine = engine
         self.key = key
@@ -437,6 +438,7 @@ class Stream:
         self.codec = codec
         self.rule = rule
         self.on_done = on_done
+        self.on_level_done = on_level_done
         self.observers = dict(observers or {})
         self.lock = threading.Lock()
         self.levels = [_Level(s, d, self.dtype, histograms) for s, d in zip(levels, datasets)]
@@ -820,6 +822,7 @@ class Engine:
         histograms: bool = True,
         on_done: Callable[[Stream], None] | None = None,
         observers: Mapping[int, Callable[[int, np.ndarray, int], None]] | None = None,
+        on_level_done: Callable[[Stream, int], None] | None = None,
     ) -> Stream:
         """Describe one image and its pyramid.
 
@@ -832,6 +835,12 @@ class Engine:
         ``z0 ..`` and rows ``y0 ..`` (level 0 comes in bands of chunk rows), while the stream is
         written, so a writer needs no read-back at close; `planes` is a view of a pooled
         buffer, valid only during the call.
+
+        `on_level_done(stream, li)` is called in a worker thread once every slab of level `li`
+        is done (its histogram is final, its chunks stored or queued), in no fixed level order;
+        `on_done(stream)` once every level is (another worker may still be inside its
+        `on_level_done` call then). Writers that store per-level results as levels finish keep
+        them off the end of the stream, where nothing else would overlap them.
         """
         for li in observers or {}:
             if not 0 <= li < len(levels):
@@ -853,7 +862,8 @@ class Engine:
             if src.chunks[0] % fz:
                 raise ValueError(f"level {spec.source} chunk depth {src.chunks[0]} is not a multiple of the z factor {fz} of level {i}")
         stream = Stream(self, key, dtype=np.dtype(dtype), levels=levels, datasets=datasets, codec=codec,
-                        rule=rule, histograms=histograms, on_done=on_done, observers=observers)
+                        rule=rule, histograms=histograms, on_done=on_done, observers=observers,
+                        on_level_done=on_level_done)
         self._grow_limit(stream)
         return stream
 
@@ -1049,11 +1059,14 @@ class Engine:
                 return
             lv = stream.levels[li]
             lv.done += 1
+            level_done = lv.done == lv.nslabs
             finished = all(level.done == level.nslabs for level in stream.levels)
             if finished:
                 stream.finished = True
         for b in range(slab.nbands):
             self._release_band(slab, li, b)
+        if level_done and stream.on_level_done is not None:
+            stream.on_level_done(stream, li)
         if finished and stream.on_done is not None:
             stream.on_done(stream)
 

@@ -189,7 +189,10 @@ class ImsWriter(EngineWriter):
         self._thumb_level = thumbnail_level([lv.shape for lv in self.levels])
         self._thumb = [Projection(self.levels[self._thumb_level].shape, self.dtype) for _ in range(nc)]
         self._thumbnail: np.ndarray | None = None
-        self._streams_done = 0
+        self._thumb_claimed = False
+        self._thumbnail_stored = False
+        self._level0_done = 0  # streams whose level 0 is final (their channel's colour range needs all)
+        self._thumbs_done = 0  # channels whose thumbnail level (time point 0) is projected
         self._range_cache: dict[int, tuple[int, tuple[float, float]]] = {}  # c -> (count, range)
         self._closed = False
         self._file: Any = None
@@ -289,26 +292,37 @@ class ImsWriter(EngineWriter):
                 self._engine.post(self._create_datasets, t, c, refs)
                 stream = self._engine.open_stream(
                     (t, c), dtype=self.dtype, levels=self._specs, datasets=refs, codec=self.codec,
-                    rule="imaris", histograms=True, on_done=self._stream_done,
+                    rule="imaris", histograms=True, on_level_done=self._level_done,
                     observers={self._thumb_level: self._thumb[c].add} if t == 0 else None,
                 )
                 self._streams[(t, c)] = stream
         return stream
 
-    def _stream_done(self, stream: Stream) -> None:
-        # a worker thread: merge level 0 into the channel's histogram, queue the datasets
+    def _level_done(self, stream: Stream, r: int) -> None:
+        # a worker thread: level r of (t, c) is final. Its histograms are stored now, and the
+        # thumbnail is built as soon as it can be, so the end of the stream waits for neither
         t, c = stream.key
-        hists = stream.histograms
-        with self._lock:
-            self._channel_hist[c].merge(hists[0])
-            self._streams_done += 1
-            last = self._streams_done == self.shape[0] * self.shape[1]
+        hist = stream.histograms[r]
         # rebinned here, so the writer thread only stores them
-        self._engine.post(self._write_histograms, t, c, [h.imaris() for h in hists])
-        if last:
-            # every colour range is final now: build the thumbnail here, while the writer
-            # thread may still be storing chunks, instead of serially at close
+        self._engine.post(self._write_histogram, t, c, r, hist.imaris())
+        ranges_final = False
+        with self._lock:
+            if r == 0:
+                self._channel_hist[c].merge(hist)
+                self._level0_done += 1
+                ranges_final = self._level0_done == self.shape[0] * self.shape[1]
+            if r == self._thumb_level and t == 0:
+                self._thumbs_done += 1
+            # every colour range is final and every channel projected
+            ready = (not self._thumb_claimed and self._level0_done == self.shape[0] * self.shape[1]
+                     and self._thumbs_done == self.shape[1])
+            self._thumb_claimed |= ready  # built once, by this thread
+        if ranges_final:  # computed (and cached) now, while the lower levels are still encoded
+            for ch in range(self.shape[1]):
+                self._color_range(ch)
+        if ready:
             self._thumbnail = self._make_thumbnail()
+            self._engine.post(self._write_thumbnail)
 
     @property
     def _label(self) -> Path:
@@ -388,19 +402,18 @@ class ImsWriter(EngineWriter):
                 if ref.raw is not None:
                     ref.raw.ready.set()
 
-    def _write_histograms(self, t: int, c: int, hists: list[ImarisHistogram]) -> None:
-        for r, h in enumerate(hists):
-            group = self._file[_level_path(r, t, c)]
-            for name in ("Histogram", "Histogram1024"):
-                if name in group:
-                    del group[name]
-            group.create_dataset("Histogram", data=np.asarray(h.hist256, dtype=np.uint64))
-            write_attr_str(group, "HistogramMin", format_float(h.hmin))
-            write_attr_str(group, "HistogramMax", format_float(h.hmax))
-            if h.hist1024 is not None:
-                group.create_dataset("Histogram1024", data=np.asarray(h.hist1024, dtype=np.uint64))
-                write_attr_str(group, "HistogramMin1024", format_float(h.hmin1024))
-                write_attr_str(group, "HistogramMax1024", format_float(h.hmax1024))
+    def _write_histogram(self, t: int, c: int, r: int, h: ImarisHistogram) -> None:
+        group = self._file[_level_path(r, t, c)]
+        for name in ("Histogram", "Histogram1024"):
+            if name in group:
+                del group[name]
+        group.create_dataset("Histogram", data=np.asarray(h.hist256, dtype=np.uint64))
+        write_attr_str(group, "HistogramMin", format_float(h.hmin))
+        write_attr_str(group, "HistogramMax", format_float(h.hmax))
+        if h.hist1024 is not None:
+            group.create_dataset("Histogram1024", data=np.asarray(h.hist1024, dtype=np.uint64))
+            write_attr_str(group, "HistogramMin1024", format_float(h.hmin1024))
+            write_attr_str(group, "HistogramMax1024", format_float(h.hmax1024))
 
     def _color_range(self, c: int) -> tuple[float, float]:
         if self._fixed_ranges is not None:
@@ -483,8 +496,8 @@ class ImsWriter(EngineWriter):
         write_attr_str(log, "Entries", str(len(entries)))
         for i, entry in enumerate(entries):
             write_attr_str(log, f"Entry{i}", entry)
-        if final:
-            self._write_thumbnail()
+        if final and not self._thumbnail_stored:
+            raise RuntimeError(f"{self.path}: the thumbnail was not stored")
         f.flush()
 
     def _make_thumbnail(self) -> np.ndarray:
@@ -500,12 +513,11 @@ class ImsWriter(EngineWriter):
         )
 
     def _write_thumbnail(self) -> None:
-        if self._thumbnail is None:  # only _finish asks, after every stream was done
-            raise RuntimeError(f"{self.path}: the thumbnail was not built")
         group = self._file.require_group("Thumbnail")
         if "Data" in group:
             del group["Data"]
         group.create_dataset("Data", data=self._thumbnail)
+        self._thumbnail_stored = True
 
 
 def write_ims(path: str | os.PathLike, data: np.ndarray, **options: Any) -> None:
