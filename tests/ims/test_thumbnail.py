@@ -156,6 +156,61 @@ def test_channels_combine_by_maximum() -> None:
     assert (out[..., 2] == 0).all() and (out[..., 3] == 255).all()
 
 
+def _quality_reference(rgba: np.ndarray) -> float:
+    """ImarisWriter's quality loop written out plainly: float32 luminance, doubles summed in
+    order, the median from a full sort (the oracle for the faster thumbnail_quality)."""
+    f32 = np.float32
+    px = rgba.reshape(-1, 4)
+    lum = (f32(0.299) * px[:, 0].astype(f32) + f32(0.587) * px[:, 1].astype(f32)) + f32(0.114) * px[:, 2].astype(f32)
+    total = float(np.add.accumulate(lum.astype(np.float64))[-1])
+    squares = float(np.add.accumulate((lum * lum).astype(np.float64))[-1])
+    srt = np.sort(lum)
+    q_lum = f32(0.001)
+    if srt[-1] - srt[0] > 0:
+        half = (srt[0] + srt[-1]) / f32(2.0)
+        q = 1.0 - 2.0 * abs(float(srt[srt.size // 2] - half)) / float(srt[-1] - srt[0])
+        q_lum = min(max(f32(q), f32(0.001)), f32(1.0))
+    mean = f32(total / srt.size)
+    q_dist = f32(np.sqrt(max(squares / srt.size - float(mean * mean), 0.0)) / 255)
+    q_dist = min(max(q_dist, f32(0.001)), f32(1.0))
+    return float(f32(float(q_lum * q_dist) ** float(f32(1.0) / f32(3.0))))
+
+
+@pytest.mark.parametrize("kind", ["uniform", "dark", "few", "flat", "colour"])
+@pytest.mark.parametrize("side", [1, 7, 256, 520])  # 520**2 > 2**18: the ordered sum path
+def test_quality_equals_the_plain_loop_bit_for_bit(kind: str, side: int) -> None:
+    rng = np.random.default_rng(side)
+    rgba = rng.integers(0, 256, (side, side, 4), dtype=np.uint8)
+    if kind == "dark":  # mostly black, a few bright pixels: the smallest luminances
+        rgba[..., :3] = np.where(rng.random((side, side, 1)) < 0.99, rng.integers(0, 2, (side, side, 3)), 255)
+    elif kind == "few":
+        rgba[..., :3] = rng.choice(np.array([0, 1, 77, 254], np.uint8), (side, side, 1))
+    elif kind == "flat":
+        rgba[..., :3] = 9
+    elif kind == "colour":  # a red and a green channel combined, as make_thumbnail does
+        rgba[..., 2] = 0
+    rgba[..., 3] = 255
+    assert thumbnail_quality(rgba) == _quality_reference(rgba)
+
+
+@pytest.mark.parametrize("gamma", [1.0, 0.6])
+def test_colour_table_covers_only_the_values_present_and_matches_direct_colouring(gamma: float) -> None:
+    from fastims.ims.color import color_values
+
+    rng = np.random.default_rng(5)
+    # values around 40 000 and 0 (the table spans the sampled min..max, not all 65 536)
+    vol = rng.integers(39_000, 41_000, (5, 64, 64), dtype=np.uint16)
+    vol[2, :8] = 0
+    out = make_thumbnail([vol], colors=[(0.2, 1.0, 0.5)], color_ranges=[(39_500.0, 40_700.0)],
+                         gammas=[gamma]).reshape(256, 256, 4)
+    mip, mid = vol.max(axis=0), vol[2]
+    sy = np.arange(256) * 64 // 256
+    pick = np.ix_(sy, sy)
+    rgb = [(color_values(p[pick], (0.2, 1.0, 0.5), (39_500.0, 40_700.0), gamma) * np.float32(255)).astype(np.uint8)
+           for p in (mip, mid)]
+    assert any(np.array_equal(out, x) for x in rgb)
+
+
 def test_float_volume_table_and_gamma() -> None:
     vol = np.linspace(-1.0, 1.0, 4 * 30 * 30, dtype=np.float32).reshape(4, 30, 30)
     table = np.array([[0, 0, 1], [0, 1, 0], [1, 0, 0]], np.float32)

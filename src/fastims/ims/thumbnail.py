@@ -130,20 +130,33 @@ def thumbnail_quality(rgba: np.ndarray) -> float:
     size = px.shape[0]
     if size == 0:
         raise ValueError("empty thumbnail")
-    lum = (
-        _f32(0.299) * px[:, 0].astype(np.float32) + _f32(0.587) * px[:, 1].astype(np.float32)
-    ) + _f32(0.114) * px[:, 2].astype(np.float32)
-    # sequential double accumulation of float values and float squares, as in the loop
-    total = float(np.add.accumulate(lum.astype(np.float64))[-1])
-    squares = float(np.add.accumulate((lum * lum).astype(np.float64))[-1])
-    srt = np.sort(lum)
-    front, back = srt[0], srt[-1]
+    # (0.299 r + 0.587 g) + 0.114 b in float32, computed in place: the writers build the
+    # thumbnail at the end of a stream, where every fresh temporary page costs a page fault
+    lum = px[:, 0].astype(np.float32)
+    lum *= _f32(0.299)
+    tmp = px[:, 1].astype(np.float32)
+    tmp *= _f32(0.587)
+    lum += tmp
+    np.multiply(px[:, 2], _f32(0.114), out=tmp, dtype=np.float32)
+    lum += tmp
+    # sequential double accumulation of float values and float squares, as in the loop. The
+    # values are 0 or >= 0.114 (multiples of 2**-27) and below 256: up to 2**18 of them, every
+    # partial sum is exact in a double, so a (faster) pairwise sum gives the same total
+    if size <= 1 << 18:
+        total = float(np.sum(lum, dtype=np.float64))
+    else:
+        total = float(np.add.accumulate(lum, dtype=np.float64)[-1])
+    np.multiply(lum, lum, out=tmp)
+    squares = float(np.add.accumulate(tmp, dtype=np.float64)[-1])
+    # the sorted luminances' first, middle and last entries (a partition is enough)
+    front, back = lum.min(), lum.max()
+    median = np.partition(lum, size // 2)[size // 2]
     q_lum = _f32(0.001)
     delta = back - front
     if delta > 0:
         half = (front + back) / _f32(2.0)
         # fabs and the following arithmetic are double in the original (::fabs(double))
-        q = 1.0 - 2.0 * abs(float(srt[size // 2] - half)) / float(delta)
+        q = 1.0 - 2.0 * abs(float(median - half)) / float(delta)
         q_lum = min(max(_f32(q), _f32(0.001)), _f32(1.0))
     mean = _f32(total / size)
     var = squares / size - float(mean * mean)
@@ -271,14 +284,16 @@ def _colorize(
         planes = [image[c] for image in images]
         lut8 = None
         if planes[0].dtype in (np.uint8, np.uint16):
-            # a look-up table over every value, as ImarisWriter's colour cache
-            lut = color_values(
-                np.arange(1 << (8 * planes[0].dtype.itemsize), dtype=np.float32), color, crange, gamma
-            )
-            lut8 = (lut * _f32(255)).astype(np.uint8)
+            # a look-up table, as ImarisWriter's colour cache, over the values that occur only
+            # (a uint16 table over all 65536 values took most of the thumbnail's time)
+            lo = min(int(p.min()) for p in planes)
+            hi = max(int(p.max()) for p in planes)
+            lut = color_values(np.arange(lo, hi + 1, dtype=np.float32), color, crange, gamma)
+            # one uint32 per RGBA entry: a look-up of whole pixels, not of 4-byte rows
+            lut8 = (lut * _f32(255)).astype(np.uint8).view(np.uint32).reshape(-1)
         for rgba, plane in zip(out, planes):
             if lut8 is not None:
-                rgb8 = lut8[plane]
+                rgb8 = lut8[plane - plane.dtype.type(lo)].view(np.uint8).reshape(h, w, 4)
             else:
                 # NaN voxels (kept in float data) are drawn black instead of an undefined cast
                 values = np.nan_to_num(color_values(plane, color, crange, gamma), nan=0.0)
