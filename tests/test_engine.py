@@ -502,12 +502,30 @@ def test_rows_queued_for_a_slow_disk_merge_into_larger_writes(tmp_path, monkeypa
 # -- observers: a writer's view of one level while it streams (the .ims thumbnail) -------------
 
 
+def _stream_to_h5(path, levels, data, order, **callbacks) -> None:
+    """Stream uint16 `data` plane by plane in `order` through a 2-worker engine into an
+    uncompressed HDF5 file with one dataset per level; `callbacks` go to open_stream."""
+    import h5py
+
+    engine = Engine(max_workers=2)
+    f = engine.call(h5py.File, path, "w")
+    try:
+        refs = [engine.call(f.create_dataset, f"L{i}", shape=tuple(-(-n // c) * c for n, c in zip(s.shape, s.chunks)),
+                            dtype="uint16", chunks=s.chunks) for i, s in enumerate(levels)]
+        stream = engine.open_stream(0, dtype=np.uint16, levels=levels, datasets=refs,
+                                    codec=Codec.create(None, dtype=np.uint16), rule="imaris", **callbacks)
+        for z in order:
+            engine.write(stream, int(z), data[z : z + 1])
+        engine.wait()
+    finally:
+        engine.call(f.close)
+        engine.close()
+
+
 @pytest.mark.parametrize("band_bytes", [1, 1 << 40])  # level 0 in bands of one chunk row / whole planes
 @pytest.mark.parametrize("part_bytes", [1, 32 << 20])
 def test_observers_see_every_plane_of_their_level_once(tmp_path, monkeypatch, part_bytes, band_bytes):
     import threading
-
-    import h5py
 
     from fastims.pyramid import downsample
     from fastims.synthetic import camera_stack
@@ -528,20 +546,9 @@ def test_observers_see_every_plane_of_their_level_once(tmp_path, monkeypatch, pa
                     rows[y0 : y0 + plane.shape[0]] = plane  # a pooled buffer: copy, do not keep
         return observe
 
-    engine = Engine(max_workers=2)
-    f = engine.call(h5py.File, tmp_path / "o.h5", "w")
-    try:
-        refs = [engine.call(f.create_dataset, f"L{i}", shape=tuple(-(-n // c) * c for n, c in zip(s.shape, s.chunks)),
-                            dtype="uint16", chunks=s.chunks) for i, s in enumerate(levels)]
-        stream = engine.open_stream(0, dtype=np.uint16, levels=levels, datasets=refs,
-                                    codec=Codec.create(None, dtype=np.uint16), rule="imaris",
-                                    observers={0: observer(0), 1: observer(1)})
-        for z in np.random.default_rng(1).permutation(13):  # any order
-            engine.write(stream, int(z), data[z : z + 1])
-        engine.wait()
-    finally:
-        engine.call(f.close)
-        engine.close()
+    # any order
+    _stream_to_h5(tmp_path / "o.h5", levels, data, np.random.default_rng(1).permutation(13),
+                  observers={0: observer(0), 1: observer(1)})
     assert sorted(seen[0]) == list(range(13)) and sorted(seen[1]) == list(range(6))
     np.testing.assert_array_equal(np.stack([seen[0][z] for z in range(13)]), data)
     np.testing.assert_array_equal(np.stack([seen[1][z] for z in range(6)]), downsample(data, (2, 2, 2), rule="imaris"))
@@ -550,8 +557,6 @@ def test_observers_see_every_plane_of_their_level_once(tmp_path, monkeypatch, pa
 @pytest.mark.parametrize("band_bytes", [1, 1 << 40])
 def test_each_level_is_reported_done_once_with_its_final_histogram(tmp_path, monkeypatch, band_bytes):
     import threading
-
-    import h5py
 
     from fastims.histogram import Histogram
     from fastims.pyramid import downsample
@@ -572,20 +577,7 @@ def test_each_level_is_reported_done_once_with_its_final_histogram(tmp_path, mon
         with lock:
             events.append(("stream", None, None))
 
-    engine = Engine(max_workers=2)
-    f = engine.call(h5py.File, tmp_path / "l.h5", "w")
-    try:
-        refs = [engine.call(f.create_dataset, f"L{i}", shape=tuple(-(-n // c) * c for n, c in zip(s.shape, s.chunks)),
-                            dtype="uint16", chunks=s.chunks) for i, s in enumerate(levels)]
-        stream = engine.open_stream(0, dtype=np.uint16, levels=levels, datasets=refs,
-                                    codec=Codec.create(None, dtype=np.uint16), rule="imaris",
-                                    on_done=done, on_level_done=level_done)
-        for z in range(13):
-            engine.write(stream, z, data[z : z + 1])
-        engine.wait()
-    finally:
-        engine.call(f.close)
-        engine.close()
+    _stream_to_h5(tmp_path / "l.h5", levels, data, range(13), on_done=done, on_level_done=level_done)
     # each level once, in any order (a level's last chunks may finish after its children's), and
     # the stream once (another thread may still be reporting its level then)
     assert sorted(e[1] for e in events if e[0] == "level") == [0, 1, 2]

@@ -280,7 +280,7 @@ def test_pages_a_run_left_partly_unwritten_are_read_back_in_the_background(tmp_p
     f.close()
     assert f.direct_bytes == 7 * 4096
     assert all(a % 4096 == 0 and b % 4096 == 0 for a, b in advised)
-    covered = lambda x: any(a <= x < b for a, b in advised)  # noqa: E731
+    covered = lambda x: any(a <= x < b for a, b in advised)
     for x in (8292, 12288, 16383, 24626, 28671):
         assert covered(x), (x, advised)  # the gap's pages and the last page
     for x in (0, 8191, 16384, 24575):
