@@ -189,8 +189,6 @@ class ImsWriter(EngineWriter):
         self._thumb_level = thumbnail_level([lv.shape for lv in self.levels])
         self._thumb = [Projection(self.levels[self._thumb_level].shape, self.dtype) for _ in range(nc)]
         self._thumbnail: np.ndarray | None = None
-        self._thumb_claimed = False
-        self._thumbnail_stored = False
         self._level0_done = 0  # streams whose level 0 is final (their channel's colour range needs all)
         self._thumbs_done = 0  # channels whose thumbnail level (time point 0) is projected
         self._range_cache: dict[int, tuple[int, tuple[float, float]]] = {}  # c -> (count, range)
@@ -305,18 +303,19 @@ class ImsWriter(EngineWriter):
         hist = stream.histograms[r]
         # rebinned here, so the writer thread only stores them
         self._engine.post(self._write_histogram, t, c, r, hist.imaris())
-        ranges_final = False
+        ranges_final = counted = False
         with self._lock:
             if r == 0:
                 self._channel_hist[c].merge(hist)
                 self._level0_done += 1
                 ranges_final = self._level0_done == self.shape[0] * self.shape[1]
+                counted = True
             if r == self._thumb_level and t == 0:
                 self._thumbs_done += 1
-            # every colour range is final and every channel projected
-            ready = (not self._thumb_claimed and self._level0_done == self.shape[0] * self.shape[1]
-                     and self._thumbs_done == self.shape[1])
-            self._thumb_claimed |= ready  # built once, by this thread
+                counted = True
+            # the last call that counts finds every colour range final and every channel
+            # projected: it (and only it) builds the thumbnail
+            ready = counted and self._level0_done == self.shape[0] * self.shape[1] and self._thumbs_done == self.shape[1]
         if ranges_final:  # computed (and cached) now, while the lower levels are still encoded
             for ch in range(self.shape[1]):
                 self._color_range(ch)
@@ -496,8 +495,8 @@ class ImsWriter(EngineWriter):
         write_attr_str(log, "Entries", str(len(entries)))
         for i, entry in enumerate(entries):
             write_attr_str(log, f"Entry{i}", entry)
-        if final and not self._thumbnail_stored:
-            raise RuntimeError(f"{self.path}: the thumbnail was not stored")
+        if final and self._thumbnail is None:  # built and queued once every level was done
+            raise RuntimeError(f"{self.path}: the thumbnail was not built")
         f.flush()
 
     def _make_thumbnail(self) -> np.ndarray:
@@ -517,7 +516,6 @@ class ImsWriter(EngineWriter):
         if "Data" in group:
             del group["Data"]
         group.create_dataset("Data", data=self._thumbnail)
-        self._thumbnail_stored = True
 
 
 def write_ims(path: str | os.PathLike, data: np.ndarray, **options: Any) -> None:
