@@ -159,6 +159,23 @@ def test_preallocated_stream_takes_no_fresh_slab(tmp_path, monkeypatch, fmt, com
     release_buffers()
 
 
+def test_copy_planes_streams_contiguous_planes_and_falls_back_for_the_rest():
+    from fastims.engine import copy_planes
+
+    rng = np.random.default_rng(9)
+    frames = rng.integers(0, 65535, (3, 40, 50), dtype=np.uint16)
+    cases = {
+        "contiguous band": frames[:, 8:24],
+        "column-major planes": frames.transpose(0, 2, 1).copy().transpose(0, 2, 1)[:, 8:24],
+        "every other plane of a wider array": np.ascontiguousarray(np.repeat(frames, 2, axis=2))[:, 8:24, ::2],
+        "big-endian": frames[:, 8:24].astype(">u2"),
+    }
+    for name, src in cases.items():
+        dst = np.zeros((3, 16, 50), np.uint16)
+        copy_planes(dst, src)
+        np.testing.assert_array_equal(dst, frames[:, 8:24], err_msg=name)
+
+
 def _deep_levels():
     return [LevelSpec((64, 512, 512), (32, 128, 128)), LevelSpec((32, 256, 256), (32, 128, 128), 0, (2, 2, 2))]
 

@@ -21,6 +21,9 @@ def gather_row(
     slab held as byte parts (g', Y, Xb) of `g` planes (None or planes beyond `depth` read as
     zeros), zero-padded; each chunk byte-shuffled (HDF5 filter 2) when ``itemsize > 1``."""
 
+def stream_copy(dst: npt.NDArray[np.uint8], src: npt.NDArray[np.uint8]) -> None:
+    """Copy 1-D uint8 `src` into `dst` of the same length with streaming (non-temporal) stores."""
+
 def shuffle(src: npt.NDArray[np.uint8], itemsize: int, out: npt.NDArray[np.uint8]) -> None:
     """HDF5 byte-shuffle (filter 2) of 1-D uint8 `src` into ``out[:len(src)]``."""
 

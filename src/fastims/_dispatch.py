@@ -33,6 +33,7 @@ KERNEL_MODULES: dict[str, str] = {
     "lz4_frames": "_chunks",
     "lz4_frames_in_place": "_chunks",
     "shuffle": "_chunks",
+    "stream_copy": "_chunks",
     "unshuffle": "_chunks",
 }
 

@@ -45,6 +45,8 @@ from typing import Any
 
 import numpy as np
 
+from fastims import _dispatch
+
 # the writers' warm buffers: staging buffers are taken from and given back to them
 from fastims.engine import (
     _ALIGN,
@@ -268,7 +270,8 @@ class StagingFile:
             self._holes = holes
         if offset > self._used:  # e.g. the alignment gap between two chunks
             self._holes.append([self._used, offset])
-        stage[offset:end] = np.frombuffer(view, np.uint8)
+        # streaming stores: these bytes go to the disk by DMA and are not read here again
+        _dispatch.kernel("stream_copy")(stage[offset:end], view)
         self._used = max(self._used, end)
 
     def _write_stage(self, *, background: bool = False) -> None:

@@ -10,6 +10,7 @@ from fastims._reference.chunks import (
     lz4_frames,
     lz4_frames_in_place,
     shuffle,
+    stream_copy,
     unshuffle,
 )
 from fastims._reference.deflate import huffman_block
@@ -30,5 +31,6 @@ __all__ = [
     "lz4_frames_in_place",
     "minmax_finite",
     "shuffle",
+    "stream_copy",
     "unshuffle",
 ]

@@ -125,6 +125,14 @@ def gather_row(parts: list, g: int, depth: int, y0: int, x0: int, out: np.ndarra
             shuffle(flat.copy(), itemsize, flat)
 
 
+def stream_copy(dst: np.ndarray, src: np.ndarray) -> None:
+    """Copy 1-D uint8 `src` into `dst` of the same length (the compiled kernel uses streaming
+    stores; the bytes are the same)."""
+    if dst.shape[0] != src.shape[0]:
+        raise ValueError(f"stream_copy: dst has {dst.shape[0]} bytes, src {src.shape[0]}")
+    dst[:] = src
+
+
 def _check_shuffle_args(src: np.ndarray, itemsize: int, out: np.ndarray) -> None:
     for name, arr in (("src", src), ("out", out)):
         if arr.ndim != 1 or arr.dtype != np.uint8 or not arr.flags.c_contiguous:
