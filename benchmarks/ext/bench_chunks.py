@@ -78,3 +78,43 @@ def test_shuffle(benchmark, nbytes, itemsize, direction, impl):
     benchmark.group = f"{direction} itemsize {itemsize}, {nbytes >> 20} MiB"
     benchmark(fn, src, itemsize, out)
     _report(benchmark, nbytes)
+
+
+def _copy_frames(fn: Any, bank: np.ndarray, slabs: list[np.ndarray]) -> None:
+    """Every frame of `bank` into the next plane of a ring of slabs, as ``write_plane`` does."""
+    k = 0
+    for slab in slabs:
+        for plane in slab:
+            fn(plane.reshape(-1).view(np.uint8), bank[k % len(bank)].reshape(-1).view(np.uint8))
+            k += 1
+
+
+def _copy_chunks(fn: Any, chunk: np.ndarray, stages: list[np.ndarray]) -> None:
+    """A ~530 KB compressed chunk into page-aligned places of 16 MiB staged runs, as HDF5's
+    writes reach :class:`fastims._staging.StagingFile`."""
+    step = -(-chunk.size // 4096) * 4096
+    for stage in stages:
+        for o in range(0, stage.size - step + 1, step):
+            fn(stage[o : o + chunk.size], chunk)
+
+
+@pytest.mark.parametrize("impl", list(KERNELS))
+@pytest.mark.parametrize("case", ["frames into slabs", "chunks into staged runs"])
+def test_stream_copy(benchmark, case, impl):
+    """Streaming stores against NumPy's copy: 64 distinct 2048 x 2048 uint16 frames into a ring
+    of three 8-plane slabs (the slabs of a 64-frame .ims stack), or chunks into three staged
+    runs; destinations warm (reused), sources distinct, as in the writers."""
+    rng = np.random.default_rng(11)
+    fn = KERNELS[impl].stream_copy
+    if case == "frames into slabs":
+        src = rng.integers(0, 4096, (64, 2048, 2048), dtype=np.uint16)
+        dst = [np.zeros((8, 2048, 2048), np.uint16) for _ in range(3)]
+        run, nbytes = _copy_frames, sum(d.nbytes for d in dst)
+    else:
+        src = rng.integers(0, 256, 530_000, dtype=np.uint8)
+        dst = [np.zeros(16 << 20, np.uint8) for _ in range(3)]
+        run, nbytes = _copy_chunks, 3 * ((16 << 20) // (-(-src.size // 4096) * 4096)) * src.size
+    run(fn, src, dst)  # warm
+    benchmark.group = f"stream_copy {case}"
+    benchmark.pedantic(run, args=(fn, src, dst), rounds=7, iterations=1)
+    _report(benchmark, nbytes)
