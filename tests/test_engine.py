@@ -160,7 +160,7 @@ def test_preallocated_stream_takes_no_fresh_slab(tmp_path, monkeypatch, fmt, com
 
 
 def test_copy_planes_streams_contiguous_planes_and_falls_back_for_the_rest():
-    from fastims.engine import copy_planes
+    from fastims.engine import _copy_planes
 
     rng = np.random.default_rng(9)
     frames = rng.integers(0, 65535, (3, 40, 50), dtype=np.uint16)
@@ -172,7 +172,7 @@ def test_copy_planes_streams_contiguous_planes_and_falls_back_for_the_rest():
     }
     for name, src in cases.items():
         dst = np.zeros((3, 16, 50), np.uint16)
-        copy_planes(dst, src)
+        _copy_planes(dst, src)
         np.testing.assert_array_equal(dst, frames[:, 8:24], err_msg=name)
 
 

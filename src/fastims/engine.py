@@ -502,7 +502,7 @@ def _level0_parts(levels: Sequence[LevelSpec], itemsize: int, engine: Engine) ->
     return g, [(r, min(r + step, ny)) for r in range(0, ny, step)] if banded else [(0, ny)]
 
 
-def copy_planes(dst: np.ndarray, src: np.ndarray) -> None:
+def _copy_planes(dst: np.ndarray, src: np.ndarray) -> None:
     """Copy (n, rows, X) planes into a part of a slab, with streaming stores where possible.
 
     The workers read a slab only once it is complete, by when its first planes have left the
@@ -1014,7 +1014,7 @@ class Engine:
                                                     for r0, r1 in stream.band_rows]
                 src = block[p - z0 : pend - z0]
                 for cell, (r0, r1) in zip(part, stream.band_rows):
-                    copy_planes(cell[p - slab.z0 - k * g : pend - slab.z0 - k * g], src[:, r0:r1])
+                    _copy_planes(cell[p - slab.z0 - k * g : pend - slab.z0 - k * g], src[:, r0:r1])
                 p = pend
             self._add_planes(stream, 0, slab, end - z)
             z = end
