@@ -526,6 +526,11 @@ def _frame_room(codec: Codec, chunk_bytes: int) -> int | None:
     return codec.frame_room(chunk_bytes) if codec.shuffles else None
 
 
+def _frame_stride(room: int, chunk_bytes: int) -> int:
+    """Bytes per slot of a row framed in place: the room, then the chunk from a cache line."""
+    return room + -(-chunk_bytes // 64) * 64
+
+
 def _slab_bytes(spec: LevelSpec, dtype: np.dtype) -> int:
     return spec.chunks[0] * spec.shape[1] * spec.shape[2] * dtype.itemsize
 
@@ -962,10 +967,13 @@ class Engine:
         row_chunks = -(-nx // cx)
         rows = -(-nz // cz) * -(-ny // cy)
         bound = codec.frame_bound(chunk_bytes)
+        room = _frame_room(codec, chunk_bytes)
         if codec.compression is None:  # chunk rows gathered for the writer thread
             size = row_chunks * chunk_bytes
-        elif bound is not None:  # groups of LZ4 frames (see _encode_row)
-            size = self._group_chunks(row_chunks, chunk_bytes, _frame_room(codec, chunk_bytes) is not None) * bound
+        elif room is not None:  # rows or groups framed in place (see _frame_group)
+            size = self._group_chunks(row_chunks, chunk_bytes, True) * _frame_stride(room, chunk_bytes)
+        elif bound is not None:  # groups of LZ4 frames (see _encode_group)
+            size = self._group_chunks(row_chunks, chunk_bytes, False) * bound
         else:  # bytes objects, not pooled
             size = 0
         if size:  # the queue's bound, but no more than the level-0 parts (a small budget)
@@ -1246,7 +1254,7 @@ class Engine:
         """
         m = len(offsets)
         chunk_bytes = math.prod(chunk)
-        stride = room + -(-chunk_bytes // 64) * 64  # slots start on cache lines
+        stride = _frame_stride(room, chunk_bytes)
         out = self._take_io((m * stride,), np.uint8)
         try:
             # slot i's chunk at out[i * stride + room:]; as_strided: the slots lie apart

@@ -303,19 +303,18 @@ class ImsWriter(EngineWriter):
         hist = stream.histograms[r]
         # rebinned here, so the writer thread only stores them
         self._engine.post(self._write_histogram, t, c, r, hist.imaris())
-        ranges_final = counted = False
         with self._lock:
             if r == 0:
                 self._channel_hist[c].merge(hist)
                 self._level0_done += 1
-                ranges_final = self._level0_done == self.shape[0] * self.shape[1]
-                counted = True
             if r == self._thumb_level and t == 0:
                 self._thumbs_done += 1
-                counted = True
-            # the last call that counts finds every colour range final and every channel
-            # projected: it (and only it) builds the thumbnail
-            ready = counted and self._level0_done == self.shape[0] * self.shape[1] and self._thumbs_done == self.shape[1]
+            all_level0 = self._level0_done == self.shape[0] * self.shape[1]
+            ranges_final = r == 0 and all_level0  # this call completed the last level 0
+            # the last call that counts (a level 0, or a thumbnail level of time point 0) finds
+            # every colour range final and every channel projected: it alone builds the thumbnail
+            counted = r == 0 or (r == self._thumb_level and t == 0)
+            ready = counted and all_level0 and self._thumbs_done == self.shape[1]
         if ranges_final:  # computed (and cached) now, while the lower levels are still encoded
             for ch in range(self.shape[1]):
                 self._color_range(ch)
