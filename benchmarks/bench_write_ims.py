@@ -1,10 +1,10 @@
 """End-to-end .ims streaming: 2048x2048 uint16 frames with the full pyramid and histograms.
 
 Two stack depths, because ImarisWriter's layout differs: 64 frames (shallow: 8-deep chunks,
-level 1 keeps Z, so the file holds 1.32x the input) and 256 frames (1 GiB, the issue's
-ImarisWriter reference size: 32-deep chunks, level 1 halves Z, 1.14x). Every case has a warm-up
-round (the process-wide buffer pool then holds its working set; the page faults of fresh
-memory on these VMs are not what we measure). Input MB/s are reported in extra_info.
+level 1 keeps Z, so the file holds 1.32x the input) and 256 frames (2 GiB, twice the 1 GiB
+of the issue's ImarisWriter figures: 32-deep chunks, level 1 halves Z, 1.14x). Every case
+has a warm-up round (the process-wide buffer pool then holds its working set; the page
+faults of fresh memory on these VMs are not what we measure). Input MB/s are reported in extra_info.
 
 The baseline is paired: before every round (warm-up included) the round's setup writes the
 same frames to a plain file (sequential ``write`` calls, fsync'd) and times it, so each
