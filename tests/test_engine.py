@@ -648,3 +648,55 @@ def test_engine_garbage_collected_inside_current_frames_does_not_hang():
     run = subprocess.run([sys.executable, "-c", _CURRENT_FRAMES], capture_output=True, text=True, check=False,
                          timeout=60)
     assert run.returncode == 0 and "ok" in run.stdout, run.stderr
+
+
+@pytest.mark.parametrize("retry", [True, False])
+def test_a_write_interrupted_in_the_back_pressure_wait_hands_its_planes_back(tmp_path, monkeypatch, retry):
+    """Ctrl-C while write_plane waits for memory: the plane was reserved but never counted, so
+    its slab never completed and close() wrote no histograms or thumbnail (and a retry was
+    refused as written twice). Now the plane is free again: retried, or zero-filled at close."""
+    import h5py
+
+    import fastims
+
+    # chunks of 8 planes at this size (ImarisWriter's layout): plane 8 starts the second slab
+    data = (np.arange(16 * 256 * 256, dtype=np.uint32) % 1000).astype(np.uint16).reshape(16, 256, 256)
+    wait = Engine._wait_for_room
+    interrupts = []
+
+    def interrupted(self, nbytes):
+        if not interrupts:
+            interrupts.append(nbytes)
+            raise KeyboardInterrupt
+        return wait(self, nbytes)
+
+    path = tmp_path / "x.ims"
+    w = fastims.ImsWriter(path, shape=(1, 1, 16, 256, 256), dtype="uint16",
+                          allow_incomplete=not retry)
+    try:
+        for z in range(8):
+            w.write_plane(data[z], z=z)
+        monkeypatch.setattr(Engine, "_wait_for_room", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            w.write_plane(data[8], z=8)  # the first plane of a new slab waits for room
+        assert interrupts
+        if retry:
+            for z in range(8, 16):
+                w.write_plane(data[z], z=z)
+            w.close()
+        else:
+            with pytest.warns(UserWarning, match="z=8-15"):
+                w.close()
+    finally:
+        w.abort()  # nothing once closed; closes the file if an assertion failed first
+    expect = data.copy()
+    if not retry:
+        expect[8:] = 0
+    with h5py.File(path, "r") as f:
+        np.testing.assert_array_equal(f["DataSet/ResolutionLevel 0/TimePoint 0/Channel 0/Data"][:16], expect)
+        for r in range(len(f["DataSet"])):
+            group = f[f"DataSet/ResolutionLevel {r}/TimePoint 0/Channel 0"]
+            assert "Histogram" in group and "HistogramMax" in group.attrs
+        assert f["Thumbnail/Data"].shape[0] > 0
+        log = [f["DataSetInfo/Log"].attrs[k].tobytes().decode() for k in f["DataSetInfo/Log"].attrs if k != "Entries"]
+    assert any("z=8-15" in entry for entry in log) != retry

@@ -1007,23 +1007,31 @@ class Engine:
                 slab = stream._slab(0, index)
             # the planes are reserved for this caller and workers see a slab only once it is
             # complete, so the copy runs without the lock (workers keep their bookkeeping)
-            p = z
-            while p < end:
-                k = (p - slab.z0) // g
-                pend = min(end, slab.z0 + (k + 1) * g)
-                part = slab.parts[k]
-                if part is None:
-                    self._wait_for_room(part_bytes)  # back-pressure, part by part
-                    self.check()
-                    with stream.lock:  # another caller may have taken it meanwhile
-                        part = slab.parts[k]
-                        if part is None:
-                            part = slab.parts[k] = [self._acquire((g, r1 - r0, nx), stream.dtype)
-                                                    for r0, r1 in stream.band_rows]
-                src = block[p - z0 : pend - z0]
-                for cell, (r0, r1) in zip(part, stream.band_rows):
-                    _copy_planes(cell[p - slab.z0 - k * g : pend - slab.z0 - k * g], src[:, r0:r1])
-                p = pend
+            try:
+                p = z
+                while p < end:
+                    k = (p - slab.z0) // g
+                    pend = min(end, slab.z0 + (k + 1) * g)
+                    part = slab.parts[k]
+                    if part is None:
+                        self._wait_for_room(part_bytes)  # back-pressure, part by part
+                        self.check()
+                        with stream.lock:  # another caller may have taken it meanwhile
+                            part = slab.parts[k]
+                            if part is None:
+                                part = slab.parts[k] = [self._acquire((g, r1 - r0, nx), stream.dtype)
+                                                        for r0, r1 in stream.band_rows]
+                    src = block[p - z0 : pend - z0]
+                    for cell, (r0, r1) in zip(part, stream.band_rows):
+                        _copy_planes(cell[p - slab.z0 - k * g : pend - slab.z0 - k * g], src[:, r0:r1])
+                    p = pend
+            except BaseException:
+                # interrupted (Ctrl-C in the back-pressure wait, a failed copy): the planes were
+                # reserved but never counted, so hand them back; a retry writes them, and
+                # close() sees them missing instead of waiting for a slab that never completes
+                with stream.lock:
+                    stream.written[z:end] = False
+                raise
             self._add_planes(stream, 0, slab, end - z)
             z = end
 
