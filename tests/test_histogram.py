@@ -296,6 +296,62 @@ def test_constant_float_frame_uses_ulp_bins() -> None:
     assert edges[0] == 3.0 and edges[1] - edges[0] == 2.0**-22  # float32 spacing at 3.0
 
 
+FLT_MAX = float(np.finfo(np.float32).max)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [FLT_MAX] * 5,  # one occupied bin: the 256 empty bins cannot go on the right
+        [-FLT_MAX] * 5,
+        [-FLT_MAX, FLT_MAX],  # both outer edges are -+2**128
+        [0.0, 3.4e38, 1e38],
+        [-3e38, 3e38, 0.0],
+        [FLT_MAX, 1e38, np.inf, -np.inf, np.nan],
+    ],
+)
+def test_float32_range_near_flt_max_stays_finite(values: list[float]) -> None:
+    data = np.array(values, np.float32)
+    h = Histogram("float32")
+    h.update(data)
+    ims = h.imaris()
+    assert ims.hist1024 is not None and ims.hmin1024 is not None and ims.hmax1024 is not None
+    n = len(ims.hist1024)
+    assert 257 <= n <= 1024
+    # ranges are stored as float32 text: finite, ordered, and the same for both datasets
+    bounds = np.array([ims.hmin, ims.hmax], np.float32)
+    assert np.isfinite(bounds).all() and bounds[0] < bounds[1]
+    assert (ims.hmin, ims.hmax) == (ims.hmin1024, ims.hmax1024)
+    finite = data[np.isfinite(data)].astype(np.float64)
+    assert ims.hmin <= finite.min() and finite.max() <= ims.hmax
+    assert ims.hist1024.sum() == ims.hist256.sum() == np.count_nonzero(~np.isnan(data))
+    # every finite value sits in its grid bin: edges[0] is the first written bin's edge
+    edges = h.full_edges()
+    width = edges[1] - edges[0]
+    first = math.floor(ims.hmin / width)  # also when -2**128 was clamped to -FLT_MAX
+    for v in finite:
+        i = math.floor(v / width) - first
+        assert 0 <= i < n and ims.hist1024[i] >= 1
+    # the padding is on the right when that stays within float32
+    if h.max < FLT_MAX / 2:
+        assert ims.hmin == edges[0]
+
+
+def test_float32_flt_max_padding_goes_left() -> None:
+    h = Histogram("float32")
+    h.update(np.full(7, FLT_MAX, np.float32))
+    ims = h.imaris()
+    assert ims.hist1024 is not None
+    width = 2.0**104  # float32 spacing at FLT_MAX
+    assert h.full_edges()[1] - h.full_edges()[0] == width
+    assert ims.hist1024[-1] == 7 and not ims.hist1024[:-1].any()
+    assert ims.hmin == FLT_MAX - 256 * width and ims.hmax == FLT_MAX  # 2**128 clamped
+    # ordinary data keeps the right padding
+    small = Histogram("float32")
+    small.update(np.full(7, 3.0, np.float32))
+    assert small.imaris().hmin == 3.0
+
+
 # ----------------------------------------------------------------------------- exact merges
 
 def _frames(dtype: str, seed: int, nframes: int, widen: bool) -> list[np.ndarray]:

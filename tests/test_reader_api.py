@@ -341,6 +341,35 @@ def test_one_shot_readers(tmp_path: Path, data: np.ndarray) -> None:
     np.testing.assert_array_equal(fastims.read_bdv(tmp_path / "b.xml", channel=2, t=0), data[0, 2])
 
 
+def test_negative_t_c_keywords(dataset: Path, data: np.ndarray) -> None:
+    # keyword t= / c= follow Python's negative indexing, as r[-1] does
+    with fastims.open(dataset) as r:
+        np.testing.assert_array_equal(r.asarray(t=-1, c=-2), data[1, 1])
+        np.testing.assert_array_equal(r.asarray(t=-2, c=-3), data[0, 0])
+        np.testing.assert_array_equal(r.level(1).asarray(t=-1, c=-1), data[1, 2, :, ::2, ::2])
+        np.testing.assert_array_equal(r.get_image_data("ZYX", T=-1, C=-1), data[-1, -1])
+        for kw in ({"t": -3}, {"t": 2}, {"c": -4}, {"c": 3}):
+            with pytest.raises(IndexError, match=r"out of range: valid [tc] are 0\.\.\d \(or -\d\.\.-1"):
+                r.asarray(**kw)
+
+
+def test_negative_t_c_in_one_shot_readers(tmp_path: Path, data: np.ndarray) -> None:
+    ims = tmp_path / "d.ims"
+    _write_ims(ims, data, (4, 8, 8))
+    _write_bdv(tmp_path / "b.xml", data, (4, 8, 8))
+    for fn, path in ((fastims.read_ims, ims), (fastims.read_bdv, tmp_path / "b.xml")):
+        np.testing.assert_array_equal(fn(path, t=-1), data[1])
+        np.testing.assert_array_equal(fn(path, c=-1), data[:, 2])
+        np.testing.assert_array_equal(fn(path, t=-2, c=-3), data[0, 0])
+        np.testing.assert_array_equal(fn(path, level=1, t=-1), data[1, :, :, ::2, ::2])
+        with pytest.raises(IndexError, match="t=-3 is out of range"):
+            fn(path, t=-3)
+        with pytest.raises(IndexError, match="c=-4 is out of range"):
+            fn(path, t=0, c=-4)
+        with pytest.raises(TypeError):
+            fn(path, t=True)
+
+
 def test_open_rejects_unknown(tmp_path: Path) -> None:
     txt = tmp_path / "a.tif"
     txt.write_bytes(b"II*\x00" + b"\x00" * 100)

@@ -8,7 +8,17 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["check_index", "check_planes", "floats", "int_shape", "native", "to_dtype"]
+__all__ = ["check_bool", "check_index", "check_planes", "floats", "int_shape", "native", "to_dtype"]
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """`value` as a bool; TypeError naming the option unless it is a bool or ``numpy.bool_``.
+
+    Options like ``overwrite="no"`` would otherwise be silently true.
+    """
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
 
 
 def int_shape(shape: Sequence[int], axes: str) -> tuple[int, ...]:

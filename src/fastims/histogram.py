@@ -29,6 +29,12 @@ accumulators equals accumulating all frames in one, bit for bit, in any order.
 float32 (bin edges, as ImarisWriter's builder) and ``[lo * 2**k, (lo + n) * 2**k - 1]`` for
 uint32 (integer bins, as the uint16 convention where ``max + 1`` values make the bins).
 
+Edges are computed in float64, but ``HistogramMin/Max`` are stored as float32 text, so float32
+data near +-FLT_MAX need two rules to keep them finite: padding that would put the top edge
+beyond the bin holding FLT_MAX goes on the left instead, and an outermost edge beyond
++-FLT_MAX (the edges of the bins holding +-FLT_MAX are +-2**128) is clamped to +-FLT_MAX, so
+that one bin is nominally narrower than the others.
+
 Special values and the empty case
 ---------------------------------
 * NaN is never binned; it is counted in :attr:`Histogram.nan_count`.
@@ -60,6 +66,9 @@ __all__ = ["Histogram", "ImarisHistogram", "resample_histogram"]
 GRID_BINS = 1024
 #: ImarisWriter keeps at least this many bins in ``Histogram1024`` (its trim stops at 257)
 MIN_IMARIS_BINS = 257
+
+#: largest finite float32: float32 histogram ranges are clamped to +-FLT_MAX
+FLT_MAX = float(np.finfo(np.float32).max)
 
 _SUPPORTED = tuple(np.dtype(t) for t in ("uint8", "uint16", "uint32", "float32"))
 _EXACT_BINS = {np.dtype(np.uint8): 256, np.dtype(np.uint16): 65536}
@@ -511,15 +520,23 @@ class Histogram:
         else:
             nocc = state.nbins
             n = max(nocc, MIN_IMARIS_BINS)
+            k, lo = (state.k, state.lo) if nocc else (0, 0)
+            first = lo  # grid index of the first written bin: padding goes on the right...
+            if self._dtype.kind == "f":
+                # ...unless it would pass the bin holding FLT_MAX (see the module docstring)
+                top = math.floor(math.ldexp(FLT_MAX, -k)) + 1
+                first = min(lo, max(top - n, lo - (n - nocc)))
             h1024 = np.zeros(n, dtype=np.uint64)
-            h1024[:nocc] = state.counts[:nocc]
+            h1024[lo - first : lo - first + nocc] = state.counts[:nocc]
             h1024[0] += np.uint64(state.n_neginf)
             h1024[n - 1] += np.uint64(state.n_posinf)
-            k, lo = (state.k, state.lo) if nocc else (0, 0)
-            lo_edge = math.ldexp(float(lo), k)
-            hi_value = math.ldexp(float(lo + n), k)
+            lo_edge = math.ldexp(float(first), k)
+            hi_value = math.ldexp(float(first + n), k)
             if self._dtype.kind == "u":
                 hi_value -= 1.0  # integer bins: the last bin's top value, as for uint16
+            else:  # the outermost edges of bins holding +-FLT_MAX are +-2**128: not float32
+                lo_edge = max(lo_edge, -FLT_MAX)
+                hi_value = min(hi_value, FLT_MAX)
         h256 = resample_histogram(h1024, 256)
         return ImarisHistogram(
             _frozen(h256), _frozen(h1024), lo_edge, hi_value, lo_edge, hi_value

@@ -462,15 +462,19 @@ class BaseReader(_H5Mixin, ABC):
     # ------------------------------------------------------------ validation
 
     def _check_index(self, name: str, value: Any, size: int) -> int:
+        """`value` as an index in ``0 .. size-1``; negative ones count from the end (Python)."""
         if isinstance(value, (bool, np.bool_)):
             raise TypeError(f"{name} must be an int, not bool")
         try:
             i = operator.index(value)
         except TypeError:
             raise TypeError(f"{name} must be an int, not {type(value).__name__}") from None
-        if not 0 <= i < size:
-            raise IndexError(f"{name}={i} is out of range: valid {name} are 0..{size - 1}")
-        return i
+        if not -size <= i < size:
+            raise IndexError(
+                f"{name}={i} is out of range: valid {name} are 0..{size - 1} "
+                f"(or -{size}..-1 from the end)"
+            )
+        return i + size if i < 0 else i
 
     def _check_level(self, level: Any) -> int:
         n = self.levels
@@ -502,7 +506,8 @@ class BaseReader(_H5Mixin, ABC):
         Parameters
         ----------
         level, t, c : int, optional
-            Resolution level, time point and channel indices.
+            Resolution level, time point and channel indices (`t` and `c` may be negative,
+            counting from the end).
         out : numpy.ndarray, optional
             C-contiguous, writable array of the volume's shape and :attr:`dtype` to
             read into (no allocation, no copy).

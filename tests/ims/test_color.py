@@ -9,6 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
+from fastims.histogram import Histogram
 from fastims.ims.attrs import read_attr_str
 from fastims.ims.color import (
     DEFAULT_COLORS,
@@ -19,6 +20,7 @@ from fastims.ims.color import (
     format_color_range,
     format_color_table,
     merge_time_histograms,
+    time_point_histogram,
 )
 
 IW_FILE = "ims/imariswriter/u16_z33_y130_x260_shufflegzip2.ims"
@@ -154,6 +156,109 @@ def test_auto_range_edge_cases() -> None:
         auto_color_range(np.zeros(0), 0.0, 1.0)
 
 
+FLT_MAX = float(np.finfo(np.float32).max)
+
+
+def _auto_range_of(data: np.ndarray) -> tuple[float, float]:
+    """auto_color_range of `data` as the writer computes it for T == 1."""
+    h = Histogram(data.dtype)
+    h.update(data)
+    ims = h.imaris()
+    if ims.hist1024 is None:
+        return auto_color_range(ims.hist256, ims.hmin, ims.hmax)
+    return auto_color_range(ims.hist1024, ims.hmin1024, ims.hmax1024)
+
+
+def _written(lo: float, hi: float) -> tuple[float, float]:
+    a, b = format_color_range(lo, hi).split()
+    return float(a), float(b)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        np.full(64, FLT_MAX, np.float32),
+        np.full(64, -FLT_MAX, np.float32),
+        np.array([-FLT_MAX, FLT_MAX] * 8, np.float32),
+        (np.random.default_rng(1).random(4096, dtype=np.float32) * 2 - 1) * np.float32(3e38),
+        np.random.default_rng(2).random(4096, dtype=np.float32) * np.float32(3.4e38),
+    ],
+    ids=["flt_max", "minus_flt_max", "both_ends", "uniform_pm3e38", "uniform_3.4e38"],
+)
+def test_auto_range_near_float32_limits_is_finite_and_valid(data: np.ndarray) -> None:
+    # ImarisWriter's float32 steps overflow here (inf/NaN, then an int cast of NaN)
+    lo, hi = _auto_range_of(data)
+    assert math.isfinite(lo) and math.isfinite(hi)
+    assert np.float32(lo) == lo and np.float32(hi) == hi  # float32 values, as written
+    wlo, whi = _written(lo, hi)
+    assert wlo < whi
+    assert -FLT_MAX <= lo and hi <= FLT_MAX
+    assert lo <= float(data.max())
+
+
+def test_auto_range_float64_steps_follow_the_same_rule() -> None:
+    # a flat histogram over [-3e38, 3e38]: first mode bin 0 -> min = hmin; the 99.8 % bin
+    # and its +20 % are evaluated in float64 (span * bin overflows float32) and capped
+    hist = np.full(1024, 100, np.uint64)
+    lo, hi = auto_color_range(hist, -3e38, 3e38)
+    assert lo == float(np.float32(-3e38))
+    high = 1022  # an independent check: the smoothed flat histogram crosses 99.8 % here
+    span = float(np.float32(3e38)) - float(np.float32(-3e38))
+    v = float(np.float32(-3e38)) + span * high / 1024
+    expected = min(v + (v - lo) * 0.2, float(np.float32(3e38)))
+    assert hi == pytest.approx(expected, rel=1e-6)
+    assert hi <= float(np.float32(3e38))
+
+
+def test_auto_range_keeps_imariswriter_results_that_are_valid() -> None:
+    # integer data and ranges above 1: unchanged (the max is ImarisWriter's integer)
+    assert _auto_range_of(np.full(100, 100, np.uint8)) == (99.609375, 111.0)
+    lo, hi = auto_color_range(np.ones(300, np.uint64), -100.5, -0.5)
+    assert (lo, hi) == (-100.5, 0.0)  # truncated towards zero above the histogram max: valid
+
+
+def test_auto_range_float_below_one_uses_the_untruncated_max() -> None:
+    data = 0.2 + np.random.default_rng(0).random(20000, dtype=np.float32) * np.float32(0.5)
+    lo, hi = _auto_range_of(data)
+    # ImarisWriter's integer cast would give (about 0.2, 0.0): min above max
+    assert math.trunc(hi) == 0 < lo
+    assert 0.19 < lo < 0.3 and 0.69 < hi <= 0.71
+    assert hi == np.float32(hi) and hi != int(hi)
+    assert _written(lo, hi)[0] < _written(lo, hi)[1]
+
+
+@pytest.mark.parametrize(
+    ("data", "low"),
+    [
+        (np.full(500, 3.5, np.float32), 3.5),  # ImarisWriter: (3.5, 3.0)
+        (np.zeros(500, np.float32), 0.0),  # ImarisWriter: (0.0, 0.0)
+        # finer than the 3 decimals of ColorRange: "0.000 0.000" as written, even untruncated
+        (np.random.default_rng(0).random(500, dtype=np.float32) * np.float32(1e-4), None),
+    ],
+    ids=["const_3.5", "zeros", "tiny"],
+)
+def test_auto_range_constant_or_too_fine_data_gets_width_one(data, low) -> None:
+    lo, hi = _auto_range_of(data)
+    if low is not None:
+        assert lo == low
+    assert 0.0 <= lo < 1e-4 or lo == low
+    assert hi == float(np.float32(lo + 1.0))
+
+
+def test_auto_range_degenerate_histogram_ranges() -> None:
+    # min == max as the histogram range: [min, min + 1], or [min - w, min] at FLT_MAX
+    assert auto_color_range(np.zeros(10, np.uint64), 5.0, 5.0) == (5.0, 6.0)
+    lo, hi = auto_color_range(np.zeros(10, np.uint64), FLT_MAX, FLT_MAX)
+    assert hi == FLT_MAX and lo == float(np.float32(FLT_MAX - FLT_MAX * 2.0**-20))
+    big = 3e30
+    lo, hi = auto_color_range(np.zeros(10, np.uint64), big, big)
+    assert lo == float(np.float32(big)) and hi == float(np.float32(lo + lo * 2.0**-20))
+    with pytest.raises(ValueError, match="finite"):
+        auto_color_range(np.ones(10, np.uint64), 0.0, math.inf)
+    with pytest.raises(ValueError, match="finite"):
+        auto_color_range(np.ones(10, np.uint64), 0.0, 1e39)  # not a float32
+
+
 # ----------------------------------------------------------------------------- merging
 
 
@@ -176,6 +281,59 @@ def test_merge_time_histograms() -> None:
     assert (lo1, hi1) == (0.0, 999.0)
     with pytest.raises(ValueError):
         merge_time_histograms([])
+
+
+def test_merge_time_histograms_float_ranges_near_float32_limits() -> None:
+    # bin values and the layout's (v - min) * 65536 overflow float32 here
+    a = np.zeros(257, np.uint64)
+    a[0], a[256] = 4, 6
+    b = np.zeros(300, np.uint64)
+    b[150] = 5
+    merged, lo, hi = merge_time_histograms([(a, -FLT_MAX, FLT_MAX), (b, -1e38, 2e38)])
+    assert (lo, hi) == (-FLT_MAX, FLT_MAX)
+    assert merged.shape == (1024,) and int(merged.sum()) == 15
+    assert merged[0] == 4  # the minimum
+    # a[256] = -FLT_MAX + 2 * FLT_MAX * 256 / 257, about 0.992 * FLT_MAX -> bin 1019
+    assert merged[int((256 / 257) * 1024)] == 6
+    # b[150] = -1e38 + 3e38 * 150 / 300 = 5e37 -> (5e37 + FLT_MAX) / (2 * FLT_MAX) of the way
+    assert merged[int((5e37 + FLT_MAX) / (2 * FLT_MAX) * 1024)] == 5
+
+
+@pytest.mark.parametrize("top", [3e7, 1e8, 1e30])
+def test_merge_time_histograms_wide_range_stays_in_bounds(top: float) -> None:
+    # over [-top, top] the + 1 of ``max - min + 1`` is lost in float32, and the value just
+    # below the max rounds up to ``max - min``: bin 65536, one past the end (IndexError)
+    hi = float(np.float32(top))
+    below = float(np.nextafter(np.float32(hi), np.float32(0)))
+    one = np.ones(1, np.uint64)
+    merged, lo, top_ = merge_time_histograms([(3 * one, below, hi), (one, -hi, hi)])
+    assert (lo, top_) == (-hi, hi)
+    assert merged[-1] == 3 and merged[0] == 1 and int(merged.sum()) == 4
+
+
+def test_time_point_histogram_per_dtype() -> None:
+    u8 = Histogram("uint8")
+    u8.update(np.array([3, 3, 200], np.uint8))
+    counts, lo, hi = time_point_histogram(u8)
+    assert counts.shape == (256,) and (lo, hi) == (0.0, 255.0) and counts[3] == 2
+    u16 = Histogram("uint16")
+    u16.update(np.array([5, 3905], np.uint16))
+    counts, lo, hi = time_point_histogram(u16)
+    # the max + 1 integer bins, not Histogram1024's 1024
+    assert counts.shape == (3906,) and (lo, hi) == (0.0, 3905.0) and counts[5] == counts[3905] == 1
+    u16.update(np.array([7], np.uint16))
+    small = Histogram("uint16")
+    small.update(np.array([7], np.uint16))
+    counts, lo, hi = time_point_histogram(small)
+    assert counts.shape == (257,) and hi == 256.0  # never below 256, as ImarisWriter
+    f32 = Histogram("float32")
+    f32.update(np.array([0.5, 1.5], np.float32))
+    counts, lo, hi = time_point_histogram(f32)
+    ims = f32.imaris()
+    np.testing.assert_array_equal(counts, ims.hist1024)
+    assert (lo, hi) == (ims.hmin1024, ims.hmax1024)
+    with pytest.raises(TypeError):
+        time_point_histogram(np.zeros(3))  # type: ignore[arg-type]
 
 
 # ----------------------------------------------------------------------------- text
@@ -227,3 +385,14 @@ def test_color_values_table_and_errors() -> None:
         color_values(np.zeros(2), (2, 0, 0), (0, 1))
     with pytest.raises(ValueError):
         color_values(np.zeros(2), (1, 0, 0), (0, 1), gamma=0)
+
+
+def test_color_values_range_wider_than_flt_max() -> None:
+    # hi - lo overflows float32: the ramp is computed in float64 instead of giving NaN
+    v = np.array([-FLT_MAX, 0.0, FLT_MAX / 2, FLT_MAX], np.float32)
+    out = color_values(v, (1.0, 1.0, 1.0), (-FLT_MAX, FLT_MAX))
+    assert np.isfinite(out).all()
+    np.testing.assert_array_equal(out[0], [0, 0, 0, 1])
+    np.testing.assert_allclose(out[1, :3], 0.5, rtol=1e-6)
+    np.testing.assert_allclose(out[2, :3], 0.75, rtol=1e-6)
+    np.testing.assert_array_equal(out[3], [1, 1, 1, 1])

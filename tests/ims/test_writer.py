@@ -434,3 +434,231 @@ def test_handles_closed(tmp_path):
     with h5py.File(path, "w"):  # would fail if a handle were still open
         pass
     os.remove(path)
+
+
+# -- audit: float32 limits, time zones, colour ranges, bool options --------------------------
+
+FLT_MAX = float(np.finfo(np.float32).max)
+
+
+def _floats_text(attr) -> list[float]:
+    return [float(v) for v in _text(attr).split()]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        np.full((4, 16, 16), FLT_MAX, np.float32),
+        np.random.default_rng(0).random((4, 16, 16), dtype=np.float32) * np.float32(3.4e38),
+        (np.random.default_rng(0).random((4, 16, 16), dtype=np.float32) * 2 - 1) * np.float32(3e38),
+        np.full((4, 16, 16), -FLT_MAX, np.float32),
+    ],
+    ids=["flt_max", "uniform_3.4e38", "uniform_pm3e38", "minus_flt_max"],
+)
+def test_float32_near_flt_max_writes_finite_ranges_and_thumbnail(tmp_path, data):
+    path = tmp_path / "big.ims"
+    fastims.write_ims(path, data)
+    with h5py.File(path, "r") as f:
+        g = f["DataSet/ResolutionLevel 0/TimePoint 0/Channel 0"]
+        for name in ("HistogramMin", "HistogramMax", "HistogramMin1024", "HistogramMax1024"):
+            assert np.isfinite(np.float32(_floats_text(g.attrs[name])[0])), name
+        hmin, hmax = (_floats_text(g.attrs[n])[0] for n in ("HistogramMin", "HistogramMax"))
+        assert hmin <= float(data.min()) and float(data.max()) <= hmax and hmin < hmax
+        assert g["Histogram"][...].sum() == data.size
+        lo, hi = _floats_text(f["DataSetInfo/Channel 0"].attrs["ColorRange"])
+        assert np.isfinite(np.float32([lo, hi])).all() and lo < hi
+        assert f["Thumbnail/Data"].shape == (256, 1024)
+        np.testing.assert_array_equal(_level(f, 0), data)
+
+
+def test_timepoints_with_utc_offsets_are_written_in_real_time_order(tmp_path):
+    utc, minus2 = dt.timezone.utc, dt.timezone(dt.timedelta(hours=-2))
+    times = [dt.datetime(2024, 3, 31, 1, 0, tzinfo=utc),  # 01:00 UTC
+             dt.datetime(2024, 3, 31, 0, 30, tzinfo=minus2),  # 02:30 UTC: later, smaller wall clock
+             dt.datetime(2024, 3, 31, 6, 0, 0, 250999, tzinfo=dt.timezone(dt.timedelta(hours=3)))]
+    path = tmp_path / "tz.ims"
+    fastims.write_ims(path, np.zeros((3, 1, 2, 8, 8), np.uint8), timepoints=times)
+    with h5py.File(path, "r") as f:
+        info = f["DataSetInfo/TimeInfo"]
+        stamps = [_text(info.attrs[f"TimePoint{t + 1}"]) for t in range(3)]
+        assert _text(f["DataSetInfo/Image"].attrs["RecordingDate"]) == stamps[0]
+    # wall-clock time at the first time point's offset (UTC here), truncated to the millisecond
+    assert stamps == ["2024-03-31 01:00:00.000", "2024-03-31 02:30:00.000", "2024-03-31 03:00:00.250"]
+
+
+def test_timepoints_across_a_daylight_saving_change(tmp_path):
+    zoneinfo = pytest.importorskip("zoneinfo")
+    try:
+        ny = zoneinfo.ZoneInfo("America/New_York")
+    except zoneinfo.ZoneInfoNotFoundError:
+        pytest.skip("no time zone database")
+    # 2024-11-03 01:30 EDT, then 01:10 EST (the repeated hour, fold=1): 40 minutes later,
+    # but with one tzinfo Python compares them by wall clock and calls them decreasing
+    times = [dt.datetime(2024, 11, 3, 1, 30, tzinfo=ny), dt.datetime(2024, 11, 3, 1, 10, fold=1, tzinfo=ny)]
+    assert times[1].timestamp() - times[0].timestamp() == 40 * 60
+    path = tmp_path / "dst.ims"
+    fastims.write_ims(path, np.zeros((2, 1, 1, 8, 8), np.uint8), timepoints=times)
+    with h5py.File(path, "r") as f:
+        info = f["DataSetInfo/TimeInfo"]
+        stamps = [_text(info.attrs[f"TimePoint{t + 1}"]) for t in range(2)]
+    assert stamps == ["2024-11-03 01:30:00.000", "2024-11-03 02:10:00.000"]  # at UTC-4 throughout
+    # and the reverse (wall clock up, real time down) is refused
+    with pytest.raises(ValueError, match="strictly increasing"):
+        fastims.write_ims(tmp_path / "rev.ims", np.zeros((2, 1, 1, 8, 8), np.uint8), timepoints=times[::-1],
+                          overwrite=True)
+
+
+def test_timepoints_mixing_naive_and_aware_raise_valueerror(tmp_path):
+    path = tmp_path / "mix.ims"
+    times = [dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc), dt.datetime(2024, 1, 2)]
+    for order in (times, times[::-1]):
+        with pytest.raises(ValueError, match="naive and time-zone aware"):
+            fastims.write_ims(path, np.zeros((2, 1, 1, 8, 8), np.uint8), timepoints=order)
+    assert not path.exists()
+
+
+def test_timepoints_within_one_millisecond_raise(tmp_path):
+    t0 = dt.datetime(2024, 5, 6, 7, 8, 9, 123000)
+    data = np.zeros((2, 1, 1, 8, 8), np.uint8)
+    # strictly increasing, but both are written as "...09.123": Imaris needs increasing text
+    for second in (t0 + dt.timedelta(microseconds=999),
+                   (t0 + dt.timedelta(microseconds=500)).replace(tzinfo=dt.timezone.utc)):
+        first = t0 if second.tzinfo is None else t0.replace(tzinfo=dt.timezone.utc)
+        with pytest.raises(ValueError, match="same millisecond"):
+            fastims.write_ims(tmp_path / "ms.ims", data, timepoints=[first, second])
+    # under a millisecond apart but in different milliseconds: fine, truncated
+    path = tmp_path / "ok.ims"
+    fastims.write_ims(path, data, timepoints=[t0 + dt.timedelta(microseconds=900),
+                                              t0 + dt.timedelta(microseconds=1100)])
+    with h5py.File(path, "r") as f:
+        info = f["DataSetInfo/TimeInfo"]
+        assert [_text(info.attrs[f"TimePoint{t}"]) for t in (1, 2)] == [
+            "2024-05-06 07:08:09.123", "2024-05-06 07:08:09.124"]
+
+
+def _expected_series_range(data: np.ndarray) -> str:
+    """ImarisWriter's rule for T > 1, from per-time-point bincounts (spec section 3)."""
+    from fastims.ims.color import (
+        auto_color_range,
+        format_color_range,
+        merge_time_histograms,
+    )
+
+    hists = []
+    for vol in data:
+        if vol.dtype == np.uint8:
+            hists.append((np.bincount(vol.ravel(), minlength=256), 0.0, 255.0))
+        else:
+            counts = np.bincount(vol.ravel(), minlength=65536)
+            top = max(int(np.flatnonzero(counts)[-1]), 256)
+            hists.append((counts[: top + 1], 0.0, float(top)))
+    return format_color_range(*auto_color_range(*merge_time_histograms(hists)))
+
+
+def _exact_merge_range(data: np.ndarray) -> str:
+    """The rule before the fix: the exactly merged level-0 histogram of all time points."""
+    from fastims.ims.color import auto_color_range, format_color_range
+
+    h = Histogram(data.dtype)
+    h.update(data)
+    ims = h.imaris()
+    if ims.hist1024 is None:
+        return format_color_range(*auto_color_range(ims.hist256, ims.hmin, ims.hmax))
+    return format_color_range(*auto_color_range(ims.hist1024, ims.hmin1024, ims.hmax1024))
+
+
+@pytest.mark.parametrize(("dtype", "top"), [("uint16", 300), ("uint16", 900), ("uint8", 250)])
+def test_time_series_color_range_merges_time_points_as_imariswriter(tmp_path, dtype, top):
+    rng = np.random.default_rng(3)
+    data = np.stack([rng.poisson(top * 0.3 + 40 * t, (8, 32, 32)).clip(0, top).astype(dtype)
+                     for t in range(3)])
+    path = tmp_path / "series.ims"
+    with fastims.ImsWriter(path, shape=(3, 2, *data.shape[1:]), dtype=dtype) as w:
+        for t in (2, 0, 1):  # time points finish in any order
+            w.write(data[t], t=t, c=0)
+            w.write(data[t] // 2, t=t, c=1)
+    with h5py.File(path, "r") as f:
+        got = [_text(f[f"DataSetInfo/Channel {c}"].attrs["ColorRange"]) for c in range(2)]
+    assert got == [_expected_series_range(data), _expected_series_range(data // 2)]
+    assert got[0] != _exact_merge_range(data)  # the two rules differ on this data
+
+
+def test_time_series_color_range_refreshed_by_flush(tmp_path):
+    # before close only the time points whose level 0 is final count: one time point is
+    # used as when T == 1 (its max + 1 bins resampled to 1024), not merged
+    from fastims.histogram import resample_histogram
+    from fastims.ims.color import auto_color_range, format_color_range
+
+    rng = np.random.default_rng(4)
+    data = np.stack([rng.poisson(2000, (4, 32, 32)), rng.poisson(150, (4, 32, 32))]).astype(np.uint16)
+    path = tmp_path / "flush.ims"
+    with fastims.ImsWriter(path, shape=(2, 1, 4, 32, 32), dtype="uint16") as w:
+        w.write(data[0], t=0)
+        w.flush()
+        with h5py.File(path, "r", locking=False) as f:
+            early = _text(f["DataSetInfo/Channel 0"].attrs["ColorRange"])
+        w.write(data[1], t=1)
+    counts = np.bincount(data[0].ravel(), minlength=65536)
+    top = int(np.flatnonzero(counts)[-1])
+    assert top + 1 > 1024
+    assert early == format_color_range(*auto_color_range(resample_histogram(counts[: top + 1], 1024), 0.0, top))
+    with h5py.File(path, "r") as f:
+        final = _text(f["DataSetInfo/Channel 0"].attrs["ColorRange"])
+    assert final == _expected_series_range(data) != early
+    assert final != _exact_merge_range(data)  # the two rules differ on this data
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        0.2 + np.random.default_rng(0).random((8, 64, 64), dtype=np.float32) * np.float32(0.5),
+        np.random.default_rng(0).random((8, 64, 64), dtype=np.float32) * np.float32(0.5),
+        np.full((8, 64, 64), 3.5, np.float32),
+        np.zeros((8, 64, 64), np.float32),
+    ],
+    ids=["0.2-0.7", "0-0.5", "const_3.5", "zeros"],
+)
+def test_automatic_color_range_is_valid_and_used_by_the_thumbnail(tmp_path, data):
+    from fastims.ims.color import auto_color_range, format_color_range
+    from fastims.ims.thumbnail import make_thumbnail
+
+    path = tmp_path / "f.ims"
+    fastims.write_ims(path, data)
+    h = Histogram("float32")
+    h.update(data)
+    ims = h.imaris()
+    crange = auto_color_range(ims.hist1024, ims.hmin1024, ims.hmax1024)
+    with h5py.File(path, "r") as f:
+        text = _text(f["DataSetInfo/Channel 0"].attrs["ColorRange"])
+        lo, hi = (float(v) for v in text.split())
+        assert lo < hi, text
+        assert text == format_color_range(*crange)
+        want = make_thumbnail([_level(f, 0)], colors=[(1.0, 0.0, 0.0)], color_ranges=[crange],
+                              extent_yx=data.shape[1:])
+        np.testing.assert_array_equal(f["Thumbnail/Data"][...], want)
+    if data.max() > data.min():  # a ramp, not a two-level picture
+        assert len(np.unique(want.reshape(-1, 4)[:, 0])) > 10
+
+
+@pytest.mark.parametrize("option", ["overwrite", "shuffle", "allow_incomplete"])
+@pytest.mark.parametrize("value", ["no", "yes", 0, 1, None, 1.0, [True]])
+def test_boolean_options_require_bools(tmp_path, option, value):
+    path = tmp_path / "b.ims"
+    with pytest.raises(TypeError, match=f"{option} must be True or False"):
+        fastims.ImsWriter(path, shape=(1, 1, 1, 8, 8), dtype="uint8", **{option: value})
+    with pytest.raises(TypeError, match=option):
+        fastims.write_ims(path, np.zeros((1, 8, 8), np.uint8), **{option: value})
+    assert not path.exists()
+
+
+def test_overwrite_no_keeps_the_file(tmp_path):
+    path = tmp_path / "keep.ims"
+    fastims.write_ims(path, np.full((2, 8, 8), 7, np.uint8))
+    before = path.read_bytes()
+    with pytest.raises(TypeError, match="overwrite"):
+        fastims.write_ims(path, np.ones((2, 8, 8), np.uint8), overwrite="no")
+    assert path.read_bytes() == before
+    # real bools, numpy's included, still work
+    fastims.write_ims(path, np.ones((2, 8, 8), np.uint8), overwrite=np.True_, shuffle=np.False_,
+                      allow_incomplete=False)
+    assert fastims.read_ims(path).max() == 1

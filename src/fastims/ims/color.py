@@ -13,7 +13,18 @@ and ``GammaCorrection``. ImarisWriter can choose the colour range itself
 5. a bin's value is ``hmin + (hmax - hmin) * bin / nbins`` (its lower edge).
 
 Everything runs in float32 in the original, and is emulated operation by operation here,
-so the result matches ImarisWriter's text to the last printed digit.
+so the result matches ImarisWriter's text to the last printed digit. fastims departs from it
+only where ImarisWriter's result is unusable:
+
+* when a float32 step overflows (histogram ranges wider than about FLT_MAX / nbins, data
+  near +-FLT_MAX), steps 3-5 are redone in float64 (ImarisWriter would get inf or NaN);
+* the integer truncation of step 4 does not wrap at 32 bits (``static_cast<bpInt32>`` of a
+  larger value is undefined);
+* when the result is not a valid range as written (``max > min`` at the 3 decimals of
+  ``ColorRange``), which happens for float data below 1 (the truncation drops the max to
+  0) and for constant data, the un-truncated max is used if that is valid, else
+  ``[min, min + w]`` with ``w = max(1, |min| / 2**20)`` (``[min - w, min]`` when that would
+  pass FLT_MAX). See :func:`auto_color_range`.
 """
 
 from __future__ import annotations
@@ -23,17 +34,19 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from fastims.histogram import Histogram
 from fastims.ims.attrs import format_float
 
 __all__ = [
     "DEFAULT_COLORS",
     "auto_color_range",
-    "merge_time_histograms",
+    "color_values",
     "deriche_gauss",
     "format_color",
-    "format_color_table",
     "format_color_range",
-    "color_values",
+    "format_color_table",
+    "merge_time_histograms",
+    "time_point_histogram",
 ]
 
 #: Default base colour per channel index (use ``DEFAULT_COLORS[c % len(DEFAULT_COLORS)]``).
@@ -51,6 +64,7 @@ DEFAULT_COLORS: tuple[tuple[float, float, float], ...] = (
 )
 
 _f32 = np.float32
+_FLT_MAX = float(np.finfo(np.float32).max)
 
 
 def format_color(rgb: Sequence[float]) -> str:
@@ -159,7 +173,7 @@ def _u64_add(total: int, value: np.float32) -> int:
 
 
 def auto_color_range(hist: np.ndarray, hmin: float, hmax: float) -> tuple[float, float]:
-    """ImarisWriter's automatic ``ColorRange`` for one channel.
+    """ImarisWriter's automatic ``ColorRange`` for one channel, made valid where it is not.
 
     Parameters
     ----------
@@ -169,12 +183,29 @@ def auto_color_range(hist: np.ndarray, hmin: float, hmax: float) -> tuple[float,
         :func:`merge_time_histograms`).
     hmin, hmax : float
         Value range of the histogram (``HistogramMin1024`` / ``HistogramMax1024``; pass the
-        builder's float values rather than the 3-decimal text when they differ).
+        builder's float values rather than the 3-decimal text when they differ). Both must
+        be finite float32 values.
 
     Returns
     -------
     (float, float)
-        (range min, range max), both float32 values; the max is an integer.
+        (range min, range max), both float32 values, with ``max > min`` also in the
+        3-decimal text of ``ColorRange``. This is ImarisWriter's result (the max an integer)
+        whenever that is such a range. Otherwise (float data below 1, where the truncation
+        makes the max 0; constant data; data finer than 0.001) the first valid one of:
+
+        1. ``(min, max)`` with the max not truncated to an integer;
+        2. ``(min, min + w)``, ``w = max(1, |min| / 2**20)``, or ``(min - w, min)`` when
+           ``min + w`` would pass FLT_MAX.
+
+        When ImarisWriter's float32 arithmetic overflows (histogram ranges near the float32
+        limits) the same formulas are evaluated in float64 first.
+
+    Raises
+    ------
+    ValueError
+        If `hist` is not a non-empty 1-D array, or `hmin` / `hmax` are not finite float32
+        values.
 
     Examples
     --------
@@ -184,6 +215,10 @@ def auto_color_range(hist: np.ndarray, hmin: float, hmax: float) -> tuple[float,
     counts = np.asarray(hist)
     if counts.ndim != 1 or counts.size == 0:
         raise ValueError("hist must be a non-empty 1-D array of counts")
+    with np.errstate(over="ignore"):
+        lo, hi = _f32(hmin), _f32(hmax)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError(f"the histogram range must be finite float32 values, got {hmin!r}, {hmax!r}")
     size = counts.size
     # ImarisWriter converts the uint64 counts to float before filtering
     sigma = _f32(5.0) * _f32(size) / _f32(256)
@@ -214,20 +249,83 @@ def auto_color_range(hist: np.ndarray, hmin: float, hmax: float) -> tuple[float,
                 high = i
                 break
 
-    lo = _f32(hmin)
-    hi = _f32(hmax)
-    span = hi - lo
+    vmin, vmax = _range_float32(lo, hi, size, first_mode, high)
+    if not (math.isfinite(vmin) and math.isfinite(vmax)):
+        vmin, vmax = _range_float64(float(lo), float(hi), size, first_mode, high)
+    imaris = (vmin, float(_f32(math.trunc(vmax))))  # static_cast<bpInt32>, without the wrap
+    if _written_valid(*imaris):
+        return imaris
+    if _written_valid(vmin, vmax):
+        return vmin, vmax
+    width = max(1.0, abs(vmin) * 2.0**-20)  # a float32 step even for huge values
+    if vmin + width <= _FLT_MAX:
+        return vmin, float(_f32(vmin + width))
+    return float(_f32(vmin - width)), vmin
+
+
+def _range_float32(
+    lo: np.float32, hi: np.float32, size: int, first_mode: int, high: int
+) -> tuple[float, float]:
+    """Steps 3-5 in float32, as ImarisWriter (inf or NaN when a step overflows)."""
     nbins = _f32(size)
-
-    def bin_value(k: int) -> np.float32:
-        return lo + span * _f32(k) / nbins
-
-    vmin = bin_value(first_mode)
-    vmax = bin_value(high)
-    vmax = vmax + (vmax - vmin) * _f32(0.2)
-    vmax = min(vmax, hi)
-    vmax = _f32(math.trunc(float(vmax)))  # static_cast<bpInt32>
+    with np.errstate(over="ignore", invalid="ignore"):
+        span = hi - lo
+        vmin = lo + span * _f32(first_mode) / nbins
+        vmax = lo + span * _f32(high) / nbins
+        vmax = vmax + (vmax - vmin) * _f32(0.2)
+    vmax = min(vmax, hi)  # as std::min(vmax, hi): a NaN stays NaN (the caller checks)
     return float(vmin), float(vmax)
+
+
+def _range_float64(lo: float, hi: float, size: int, first_mode: int, high: int) -> tuple[float, float]:
+    """Steps 3-5 in float64, rounded to float32: no overflow for finite float32 `lo`, `hi`.
+
+    Rounding keeps ``vmin <= vmax <= hi <= FLT_MAX`` (it is monotonic).
+    """
+    span = hi - lo
+    vmin = lo + span * first_mode / size
+    vmax = lo + span * high / size
+    vmax = min(vmax + (vmax - vmin) * 0.2, hi)
+    return float(_f32(vmin)), float(_f32(vmax))
+
+
+def _written_valid(vmin: float, vmax: float) -> bool:
+    """Whether ``max > min`` still holds in the 3-decimal ``ColorRange`` text."""
+    return float(format_float(vmax)) > float(format_float(vmin))
+
+
+def time_point_histogram(hist: Histogram) -> tuple[np.ndarray, float, float]:
+    """One time point's level-0 histogram as ImarisWriter merges it for T > 1.
+
+    ImarisWriter's ``GetHistogram(256 * 256)``: the histogram before the 1024-bin
+    resampling. For uint8 the 256 counts over 0..255; for uint16 the ``max + 1`` integer
+    bins from 0 (``max`` the highest non-empty value, at least 256). For uint32/float32,
+    where fastims' grid replaces ImarisWriter's adaptive builder, the grid's ``Histogram1024``
+    and its range (never more than 1024 bins, so the builder's resampling does not apply).
+
+    Parameters
+    ----------
+    hist : fastims.histogram.Histogram
+        Level-0 histogram of one (time point, channel).
+
+    Returns
+    -------
+    (numpy.ndarray, float, float)
+        uint64 counts, range min and range max, as :func:`merge_time_histograms` takes them.
+    """
+    if not isinstance(hist, Histogram):
+        raise TypeError(f"expected a fastims Histogram, got {type(hist).__name__}")
+    if hist.dtype == np.dtype(np.uint8):
+        return hist.full_counts(), 0.0, 255.0
+    if hist.dtype == np.dtype(np.uint16):
+        counts = hist.full_counts()
+        occupied = np.flatnonzero(counts)
+        top = max(int(occupied[-1]) if occupied.size else 0, 256)
+        return counts[: top + 1], 0.0, float(top)
+    ims = hist.imaris()
+    if ims.hist1024 is None or ims.hmin1024 is None or ims.hmax1024 is None:
+        raise TypeError(f"no Histogram1024 for {hist.dtype}")  # only uint8, handled above
+    return np.array(ims.hist1024), ims.hmin1024, ims.hmax1024
 
 
 def merge_time_histograms(
@@ -238,20 +336,21 @@ def merge_time_histograms(
     ``bpMultiresolutionImsImage::GetChannelHistogram``: the range is the union of the
     ranges; every source bin's value (lower edge) is put into a 65536-bin histogram over
     that range with ``bin = (v - min) * 65536 / (max - min + 1)``; the result is resampled
-    to 1024 bins (``j = i * 1024 // 65536``).
+    to 1024 bins (``j = i * 1024 // 65536``). The arithmetic is float32 as in ImarisWriter;
+    where a float32 step overflows (ranges near the float32 limits) it is done in float64.
 
     Parameters
     ----------
     histograms : sequence of (counts, hmin, hmax)
-        Level-0 histogram of each time point *before* the 1024-bin resampling (for uint16,
-        the full ``max + 1``-bin count from 0; for uint8 the 256 bins; for float32 the
-        adaptive builder's bins).
+        Level-0 histogram of each time point *before* the 1024-bin resampling, as
+        :func:`time_point_histogram` gives it (for uint16, the full ``max + 1``-bin count
+        from 0; for uint8 the 256 bins; for float32 the builder's bins).
 
     Returns
     -------
     (numpy.ndarray, float, float)
         uint64 counts (1024 bins), range min and range max. A single histogram is returned
-        unchanged (ImarisWriter uses its 1024-bin version directly when T == 1).
+        unchanged (as counts of uint64): ImarisWriter does not merge when T == 1.
     """
     if not histograms:
         raise ValueError("no histograms to merge")
@@ -262,24 +361,45 @@ def merge_time_histograms(
     vmax = max(_f32(h[2]) for h in histograms)
     nout = 256 * 256
     merged = np.zeros(nout, dtype=np.uint64)
-    denom = vmax - vmin + _f32(1.0)
     for counts, lo, hi in histograms:
         c = np.asarray(counts, dtype=np.uint64).ravel()
-        n = c.size
-        lo32, hi32 = _f32(lo), _f32(hi)
-        idx = np.arange(n, dtype=np.float32)
-        values = lo32 + (hi32 - lo32) * idx / _f32(n)
-        dest = np.empty(n, dtype=np.int64)
-        low_mask = values <= vmin
-        high_mask = values >= vmax
-        mid = ~(low_mask | high_mask)
-        dest[low_mask] = 0
-        dest[high_mask] = nout - 1
-        dest[mid] = ((values[mid] - vmin) * _f32(nout) / denom).astype(np.int64)
-        np.add.at(merged, dest, c)
-    out = np.zeros(1024, dtype=np.uint64)
-    np.add.at(out, np.arange(nout) * 1024 // nout, merged)
+        values = _bin_values(_f32(lo), _f32(hi), c.size)
+        np.add.at(merged, _layout_bins(values, vmin, vmax, nout), c)
+    out = merged.reshape(1024, nout // 1024).sum(axis=1, dtype=np.uint64)
     return out, float(vmin), float(vmax)
+
+
+def _bin_values(lo: np.float32, hi: np.float32, n: int) -> np.ndarray:
+    """``bpHistogram::GetBinValue`` of every bin: float32, or float64 if float32 overflows."""
+    idx = np.arange(n, dtype=np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        values = lo + (hi - lo) * idx / _f32(n)
+    if np.isfinite(values).all():
+        return values
+    return float(lo) + (float(hi) - float(lo)) * idx.astype(np.float64) / n
+
+
+def _layout_bins(values: np.ndarray, vmin: np.float32, vmax: np.float32, nout: int) -> np.ndarray:
+    """``bpHistogram::GetBin`` of `values` in an `nout`-bin histogram over ``[vmin, vmax]``."""
+    dest = np.empty(values.size, dtype=np.int64)
+    low_mask = values <= vmin
+    high_mask = values >= vmax
+    mid = ~(low_mask | high_mask)
+    dest[low_mask] = 0
+    dest[high_mask] = nout - 1
+    v = values[mid]
+    scaled: np.ndarray | None = None
+    if v.dtype == np.float32:
+        with np.errstate(over="ignore", invalid="ignore"):
+            scaled = (v - vmin) * _f32(nout) / (vmax - vmin + _f32(1.0))
+        if not np.isfinite(scaled).all():
+            scaled = None
+    if scaled is None:
+        v64, lo64, hi64 = v.astype(np.float64), float(vmin), float(vmax)
+        scaled = (v64 - lo64) * nout / (hi64 - lo64 + 1.0)
+    # rounding can reach nout when `+ 1` is lost in a wide range (undefined in ImarisWriter)
+    dest[mid] = np.minimum(scaled.astype(np.int64), nout - 1)
+    return dest
 
 
 # ----------------------------------------------------------------------------- colour ramp
@@ -335,8 +455,11 @@ def color_values(
     below = v <= lo
     above = (v >= hi) & ~below
     mid = ~(below | above)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t = (v[mid] - lo) / (hi - lo)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        if np.isfinite(hi - lo):
+            t = (v[mid] - lo) / (hi - lo)
+        else:  # a range wider than FLT_MAX: the float32 span overflows, float64 does not
+            t = ((v[mid].astype(np.float64) - float(lo)) / (float(hi) - float(lo))).astype(np.float32)
         if g != _f32(1.0):
             t = np.power(t, _f32(1.0) / g)
     out = np.empty(v.shape + (4,), dtype=np.float32)

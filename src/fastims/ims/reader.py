@@ -91,7 +91,8 @@ class ImsReader(BaseReader):
         Raises
         ------
         IndexError
-            If ``scene`` is an index outside ``0..len(scenes)-1``.
+            If ``scene`` is an index outside ``0..len(scenes)-1`` (negative indices count
+            from the end).
         KeyError
             If ``scene`` is a name not in :attr:`scenes`.
         """
@@ -336,7 +337,8 @@ def read_ims(
     level : int, optional
         Resolution level.
     t, c : int, optional
-        Select one time point / channel (that axis is dropped); ``None`` = all.
+        Select one time point / channel (that axis is dropped; negative counts from the
+        end); ``None`` = all.
     **kwargs
         Passed to :class:`ImsReader` (``scene``, ``allow_external_paths``...).
 

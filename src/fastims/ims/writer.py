@@ -12,6 +12,7 @@ file whose acquisition dies still opens.
 from __future__ import annotations
 
 import datetime as _dt
+import itertools
 import logging
 import os
 import threading
@@ -24,14 +25,43 @@ import numpy as np
 
 from fastims._lifecycle import EngineWriter
 from fastims._staging import close_h5, create_h5
-from fastims._validate import check_index, check_planes, floats, int_shape, native, to_dtype
+from fastims._validate import (
+    check_bool,
+    check_index,
+    check_planes,
+    floats,
+    int_shape,
+    native,
+    to_dtype,
+)
 from fastims._version import __version__
 from fastims.compression import Codec, chunk_addresses
-from fastims.engine import ALIGNED_FILE, DatasetRef, Engine, LevelSpec, RawTarget, Stream, open_raw_fds, ranges_text
+from fastims.engine import (
+    ALIGNED_FILE,
+    DatasetRef,
+    Engine,
+    LevelSpec,
+    RawTarget,
+    Stream,
+    open_raw_fds,
+    ranges_text,
+)
 from fastims.errors import WriterStateError
-from fastims.histogram import Histogram, ImarisHistogram
-from fastims.ims.attrs import format_datetime, format_extent, format_float, write_attr_str, write_attr_u32
-from fastims.ims.color import DEFAULT_COLORS, auto_color_range, format_color
+from fastims.histogram import Histogram, ImarisHistogram, resample_histogram
+from fastims.ims.attrs import (
+    format_datetime,
+    format_extent,
+    format_float,
+    write_attr_str,
+    write_attr_u32,
+)
+from fastims.ims.color import (
+    DEFAULT_COLORS,
+    auto_color_range,
+    format_color,
+    merge_time_histograms,
+    time_point_histogram,
+)
 from fastims.ims.layout import imaris_levels
 from fastims.ims.thumbnail import Projection, make_thumbnail, thumbnail_level
 
@@ -71,9 +101,15 @@ class ImsWriter(EngineWriter):
         Byte-shuffle before the codec (applied to 2- and 4-byte integers only, as ImarisWriter).
     channel_names, channel_colors, color_ranges : sequence, optional
         Per channel: a name, an (r, g, b) colour in 0-1, a (min, max) display range
-        (default: automatic from the histograms, as ImarisWriter).
+        (default: automatic from the level-0 histograms, as ImarisWriter: time point 0's when
+        T == 1, else all time points merged on 65536 bins; made a valid range where
+        ImarisWriter's is not, see :func:`fastims.ims.color.auto_color_range`).
     timepoints : sequence of datetime.datetime, optional
-        Acquisition time of each time point (default: when its first frame was written).
+        Acquisition time of each time point, strictly increasing (default: when its first
+        frame was written). Either all naive or all time-zone aware; aware ones are written
+        as wall-clock time at the UTC offset of the first, so the text increases with real
+        time. They are written to the millisecond (truncated), so two time points within
+        the same millisecond raise ValueError.
     max_workers : int, optional
         Encoding threads (default: number of CPUs).
     memory_limit : int, optional
@@ -92,6 +128,12 @@ class ImsWriter(EngineWriter):
         ``DataSetInfo/Image`` Name and Description.
     origin : tuple of float
         (z, y, x) position of the outer corner of the first voxel (``ExtMin``).
+
+    Raises
+    ------
+    TypeError
+        For a boolean option (`shuffle`, `overwrite`, `allow_incomplete`) that is not a
+        bool or ``numpy.bool_`` (``overwrite="no"`` would otherwise be true).
 
     Notes
     -----
@@ -131,6 +173,10 @@ class ImsWriter(EngineWriter):
         description: str | None = None,
         origin: Sequence[float] = (0.0, 0.0, 0.0),
     ) -> None:
+        # first: a non-bool overwrite must fail before anything touches the path
+        shuffle = check_bool("shuffle", shuffle)
+        overwrite = check_bool("overwrite", overwrite)
+        self.allow_incomplete = check_bool("allow_incomplete", allow_incomplete)
         self.path = Path(os.fspath(path))
         self.shape = int_shape(shape, "TCZYX")
         nt, nc, nz, ny, nx = self.shape
@@ -163,15 +209,9 @@ class ImsWriter(EngineWriter):
                     raise ValueError(f"a color range is (min, max), got min {lo:g} above max {hi:g}")
         self._times: list[_dt.datetime | None] = [None] * nt
         if timepoints is not None:
-            times = list(timepoints)
-            if len(times) != nt or not all(isinstance(x, _dt.datetime) for x in times):
-                raise ValueError(f"timepoints must be {nt} datetime.datetime values")
-            if any(b <= a for a, b in zip(times, times[1:])):
-                raise ValueError("timepoints must be strictly increasing (Imaris requires it)")
-            self._times = times
+            self._times = list(_timepoints(timepoints, nt))
         self.name = _ascii("name", name if name is not None else "(name not specified)")
         self.description = _ascii("description", description if description is not None else "(description not specified)")
-        self.allow_incomplete = bool(allow_incomplete)
         self.levels = imaris_levels((nz, ny, nx), self.dtype, ntimepoints=nt)
         self._specs = [
             LevelSpec(lv.shape, lv.chunks, None if r == 0 else r - 1, tuple(lv.factors))
@@ -184,26 +224,34 @@ class ImsWriter(EngineWriter):
 
         self._lock = threading.Lock()
         self._streams: dict[tuple[int, int], Stream] = {}
-        self._channel_hist = [Histogram(self.dtype) for _ in range(nc)]
+        # final level-0 histogram of each time point, per channel: the automatic colour range
+        # merges them (the streams keep them anyway, so this holds references, not copies)
+        self._level0_hist: list[dict[int, Histogram]] = [{} for _ in range(nc)]
         # the thumbnail's projections of time point 0, built as its level streams by
         self._thumb_level = thumbnail_level([lv.shape for lv in self.levels])
         self._thumb = [Projection(self.levels[self._thumb_level].shape, self.dtype) for _ in range(nc)]
         self._thumbnail: np.ndarray | None = None
         self._level0_done = 0  # streams whose level 0 is final (their channel's colour range needs all)
         self._thumbs_done = 0  # channels whose thumbnail level (time point 0) is projected
-        self._range_cache: dict[int, tuple[int, tuple[float, float]]] = {}  # c -> (count, range)
+        # c -> (time points merged, range): the metadata and the thumbnail ask for the same one
+        self._range_cache: dict[int, tuple[tuple[int, ...], tuple[float, float]]] = {}
         self._closed = False
         self._file: Any = None
         self._raw_fd = self._direct_fd = -1
         self._engine = Engine(max_workers=max_workers, memory_limit=memory_limit)
         try:
             self._engine.call(self._open_file)
+            # the buffers a stream holds are faulted in now, not by the first frames
+            self._engine.preallocate(self._specs, self.dtype, self.codec)
         except BaseException:
-            self._engine.close()
+            # nobody holds this writer: close what it opened and remove the file it began
+            try:
+                self._engine.call(self._discard_file)
+            finally:
+                self._engine.close()
             raise
+        # registered for the interpreter-exit hook only once complete
         self._opened()
-        # the buffers a stream holds are faulted in now, not by the first frames
-        self._engine.preallocate(self._specs, self.dtype, self.codec)
 
     # -- public API ----------------------------------------------------------------------
 
@@ -305,7 +353,7 @@ class ImsWriter(EngineWriter):
         self._engine.post(self._write_histogram, t, c, r, hist.imaris())
         with self._lock:
             if r == 0:
-                self._channel_hist[c].merge(hist)
+                self._level0_hist[c][t] = hist
                 self._level0_done += 1
             if r == self._thumb_level and t == 0:
                 self._thumbs_done += 1
@@ -382,6 +430,15 @@ class ImsWriter(EngineWriter):
         if self._file is not None:
             close_h5(self._file)
 
+    def _discard_file(self) -> None:
+        """Close and delete a file whose writer failed to open (writer thread)."""
+        created = self._file is not None
+        try:
+            self._close_files()
+        finally:
+            if created:
+                self.path.unlink(missing_ok=True)
+
     def _create_datasets(self, t: int, c: int, refs: list[DatasetRef]) -> None:
         try:
             for r, (lv, ref) in enumerate(zip(self.levels, refs)):
@@ -414,22 +471,34 @@ class ImsWriter(EngineWriter):
             write_attr_str(group, "HistogramMax1024", format_float(h.hmax1024))
 
     def _color_range(self, c: int) -> tuple[float, float]:
+        """ColorRange of channel `c`: given, or ImarisWriter's automatic one.
+
+        Before close (a flush) only the time points whose level 0 is final are used.
+        """
         if self._fixed_ranges is not None:
             return self._fixed_ranges[c]
-        hist = self._channel_hist[c]
-        if hist.count == 0:
+        with self._lock:
+            hists = dict(self._level0_hist[c])
+        if sum(h.count for h in hists.values()) == 0:
             if self.dtype.kind == "f":
                 return (0.0, 1.0)
             return (0.0, float(min(np.iinfo(self.dtype).max, 65535)))
+        key = tuple(sorted(hists))
         cached = self._range_cache.get(c)
-        if cached is not None and cached[0] == hist.count:  # the metadata and the thumbnail ask
+        if cached is not None and cached[0] == key:
             return cached[1]
-        h = hist.imaris()
-        if h.hist1024 is not None:
-            result = auto_color_range(h.hist1024, h.hmin1024, h.hmax1024)
-        else:
-            result = auto_color_range(h.hist256, h.hmin, h.hmax)
-        self._range_cache[c] = (hist.count, result)
+        if self.shape[0] == 1:  # ImarisWriter: time point 0's Histogram1024 (or 256 bins for uint8)
+            h = hists[0].imaris()
+            if h.hist1024 is not None:
+                result = auto_color_range(h.hist1024, h.hmin1024, h.hmax1024)
+            else:
+                result = auto_color_range(h.hist256, h.hmin, h.hmax)
+        else:  # spec §3: every time point merged on 65536 bins, then reduced to 1024
+            merged, lo, hi = merge_time_histograms([time_point_histogram(hists[t]) for t in key])
+            if merged.size > 1024:  # one time point final yet (a flush): it is not merged
+                merged = resample_histogram(merged, 1024)
+            result = auto_color_range(merged, lo, hi)
+        self._range_cache[c] = (key, result)
         return result
 
     def _stamps(self) -> list[str]:
@@ -563,6 +632,37 @@ def _per_channel(name: str, values: Sequence | None, nc: int, default: list | No
     if len(values) != nc:
         raise ValueError(f"{name} needs one entry per channel ({nc}), got {len(values)}")
     return values
+
+
+def _timepoints(values: Sequence[_dt.datetime], nt: int) -> list[_dt.datetime]:
+    """Validate `values` and bring aware ones to the first one's UTC offset (see ImsWriter)."""
+    times = list(values)
+    if len(times) != nt or not all(isinstance(x, _dt.datetime) for x in times):
+        raise ValueError(f"timepoints must be {nt} datetime.datetime values")
+    aware = [x.utcoffset() is not None for x in times]
+    if any(aware) and not all(aware):
+        naive = [t for t, a in enumerate(aware) if not a]
+        raise ValueError(
+            "timepoints mix naive and time-zone aware datetimes (naive at time points "
+            f"{naive}); give all of them a tzinfo or none"
+        )
+    if aware[0]:
+        # a fixed offset, not the first one's tzinfo: a zone's daylight-saving change would
+        # make the wall-clock text go backwards. Converted before the order check, as
+        # datetimes sharing a tzinfo compare by wall clock, not by instant
+        offset = _dt.timezone(times[0].utcoffset())
+        times = [x.astimezone(offset) for x in times]
+    if any(b <= a for a, b in itertools.pairwise(times)):
+        raise ValueError("timepoints must be strictly increasing (Imaris requires it)")
+    # written truncated to the millisecond (format_datetime), which must keep them increasing
+    ms = [x.replace(microsecond=x.microsecond // 1000 * 1000) for x in times]
+    for t in range(1, nt):
+        if ms[t] <= ms[t - 1]:
+            raise ValueError(
+                f"timepoints {t - 1} and {t} ({times[t - 1].isoformat()}, {times[t].isoformat()}) "
+                "fall in the same millisecond, the resolution of the file's time stamps"
+            )
+    return times
 
 
 def _ascii(what: str, text: str) -> str:
