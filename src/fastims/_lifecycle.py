@@ -25,17 +25,25 @@ def _close_open_writers() -> None:
 
     Otherwise HDF5's own exit handler closes their files after Python has gone, and its
     flush calls back into h5py's file-object driver: the process dies of a segfault and the
-    file is left without its metadata. Missing planes are zero-filled and named in the file's
-    log, as ``close()`` does.
+    file is left without its metadata. Missing planes are zero-filled and named in the file,
+    as ``close()`` does. A writer that fails to finish is logged and the others still are.
     """
     for writer in list(_OPEN):
-        if writer._closed or writer._opened_by != os.getpid():  # a forked child has no engine threads
-            continue
-        logger.warning("%s was not closed: finishing it at interpreter exit", writer._label)
+        # one broken writer (e.g. half-constructed) must not keep the others unfinished
         try:
+            if writer._closed or writer._opened_by != os.getpid():  # a forked child has no engine threads
+                continue
+            logger.warning("%s was not closed: finishing it at interpreter exit", writer._label)
             writer._close(raising=False)
         except Exception:  # keep finishing the others
-            logger.exception("finishing %s at interpreter exit failed", writer._label)
+            _OPEN.discard(writer)
+            logger.exception("finishing %s at interpreter exit failed", _describe(writer))
+
+
+def _describe(writer: object) -> str:
+    """A name for `writer` in messages that cannot fail (its attributes may be missing)."""
+    label = getattr(writer, "_label", None)  # also None when a property behind it is missing
+    return str(label) if label is not None else f"<{type(writer).__name__} at {id(writer):#x}>"
 
 
 def _register_exit_hook() -> None:

@@ -408,3 +408,98 @@ def test_exception_in_the_block_drops_views_being_added(tmp_path):
             raise RuntimeError("later")
     with fastims.open(tmp_path / "v.xml") as r:
         np.testing.assert_array_equal(r.asarray(), arr[:, :, :32])
+
+
+def test_channel_added_after_a_crop_keeps_the_pyramid(tmp_path, rng):
+    """A setup added after crop_view matched the pre-crop size: one level, and so did the reader."""
+    factors = [(1, 1, 1), (2, 2, 2), (4, 4, 4)]
+    arr = rng.integers(0, 4000, (16, 128, 128), dtype=np.uint16)
+    xml = tmp_path / "c.xml"
+    write_bdv(xml, arr, factors=factors)
+    extra = rng.integers(0, 4000, (16, 64, 64), dtype=np.uint16)
+    with BdvEditor(xml) as ed:
+        shape = ed.crop_view(((0, 64), (0, 64), None))
+        assert shape == (16, 64, 64)
+        ed.add_view(channel=1, shape=shape, dtype="uint16")
+        ed.write(extra, channel=1)
+    with h5py.File(tmp_path / "c.h5", "r") as f:
+        assert f["s01/resolutions"][()].tolist() == f["s00/resolutions"][()].tolist()
+        assert len(f["s01/resolutions"]) == 3
+    with fastims.open(xml) as r:
+        assert r.levels == 3
+    for li, want in enumerate(pyramid(extra, factors)):
+        np.testing.assert_array_equal(read_npy2bdv(xml, level=li, channel=1), want)
+    assert pybdv_meta.get_size(str(xml), 0) == pybdv_meta.get_size(str(xml), 1) == (16, 64, 64)
+
+
+def test_time_point_added_after_a_crop_has_the_cropped_size(dataset, rng):
+    xml, _, factors = dataset
+    later = rng.integers(0, 65535, (18, 50, 41), dtype=np.uint16)
+    with BdvEditor(xml) as ed:
+        ed.write_view(later, time=2)  # the setup's streaming description is made here
+        ed.save()
+        shape = ed.crop_view(((0, 20), (10, 40), None))
+        cropped = rng.integers(0, 65535, shape, dtype=np.uint16)
+        ed.write_view(cropped, time=3)  # planned from the cropped setup, not the old one
+    np.testing.assert_array_equal(read_npy2bdv(xml, time=2), later[:, 10:40, :20])
+    for li, want in enumerate(pyramid(cropped, factors)):
+        np.testing.assert_array_equal(read_npy2bdv(xml, time=3, level=li), want)
+    assert parse_spimdata(xml).setups[0].size == shape
+
+
+def _zero_filled(xml):
+    """(the HDF5 attributes, the XML records) naming zero-filled planes, by (time, setup)."""
+    attrs = {}
+    with h5py.File(xml.with_suffix(".h5"), "r") as f:
+        for tname, tgrp in f.items():
+            if not tname.startswith("t"):
+                continue
+            for sname, sgrp in tgrp.items():
+                if "zeroFilledPlanes" in sgrp.attrs:
+                    attrs[(int(tname[1:]), int(sname[1:]))] = sgrp.attrs["zeroFilledPlanes"].decode()
+    block = ET.parse(xml).getroot().find("generatedBy/zeroFilledPlanes")
+    records = {} if block is None else {
+        (int(v.get("timepoint")), int(v.get("setup"))): v.get("z") for v in block.findall("view")
+    }
+    return attrs, records
+
+
+def test_added_view_closed_incomplete_names_its_zero_filled_planes(tmp_path, rng):
+    arr = rng.integers(0, 4000, (10, 32, 32), dtype=np.uint16)
+    xml = tmp_path / "e.xml"
+    write_bdv(xml, arr, factors=[(1, 1, 1), (2, 2, 2)])
+    ed = BdvEditor(xml, allow_incomplete=True)
+    ed.add_view(channel=1, shape=arr.shape, dtype="uint16")
+    ed.write(arr[:4], channel=1)
+    ed.write(arr[8:], z=8, channel=1)
+    with pytest.warns(UserWarning, match="incomplete views"):
+        ed.close()
+    assert _zero_filled(xml) == ({(0, 1): "4-7"}, {(0, 1): "4-7"})
+    with fastims.open(xml) as r:
+        assert r.zero_filled == {(0, 1): [4, 5, 6, 7]}
+        assert r.levels == 2
+    np.testing.assert_array_equal(read_npy2bdv(xml, channel=1)[4:8], 0)
+    assert pybdv_meta.get_setup_ids(str(xml)) == [0, 1]
+
+
+def test_crop_moves_the_zero_filled_planes_with_the_data(tmp_path):
+    xml = tmp_path / "z.xml"
+    w = BdvWriter(xml, allow_incomplete=True, ntimepoints=2, factors=[(1, 1, 1), (2, 2, 2)])
+    w.add_view(shape=(10, 16, 16), dtype="uint16")
+    w.write(np.ones((3, 16, 16), np.uint16))
+    w.write(np.ones((9, 16, 16), np.uint16), time=1)
+    with pytest.warns(UserWarning, match="incomplete views"):
+        w.close()
+    assert _zero_filled(xml) == ({(0, 0): "3-9", (1, 0): "9"}, {(0, 0): "3-9", (1, 0): "9"})
+    with BdvEditor(xml) as ed:
+        ed.crop_view((None, None, (2, 6)))  # planes 2..5: zeros at 3, 4, 5 -> 1, 2, 3
+    assert _zero_filled(xml) == ({(0, 0): "1-3"}, {(0, 0): "1-3"})
+    with fastims.open(xml) as r:
+        assert r.zero_filled == {(0, 0): [1, 2, 3]}
+        view = r.asarray(t=0)
+        assert view.shape == (4, 16, 16) and view[0].min() == 1 and view[1:].max() == 0
+    with BdvEditor(xml) as ed:
+        ed.crop_view((None, None, (0, 1)))  # only written planes remain: the records go
+    assert _zero_filled(xml) == ({}, {})
+    with fastims.open(xml) as r:
+        assert r.zero_filled == {}

@@ -293,3 +293,36 @@ def test_fixture_xmls(fixtures_dir: Path) -> None:
     assert ex.setups[0].unit is None  # <unit />
     assert ex.setups[0].size == (6, 512, 512)
     assert ex.image_loader.hdf5 == fixtures_dir / "bdv" / "pybdv" / "example.h5"
+
+
+def test_zero_filled_records_in_generated_by(tmp_path: Path) -> None:
+    import xml.etree.ElementTree as ET
+
+    from fastims.bdv import xmlwrite
+
+    doc = xmlwrite.Document(h5_path="d.h5", zero_filled={(1, 0): "4-7", (0, 2): "0,3"})
+    doc.setups[0] = xmlwrite.SetupEntry(id=0, name="a", size=(4, 8, 8), voxel_size=(1.0, 1.0, 1.0), unit="um",
+                                        attributes={k: 0 for k in xmlwrite.ATTRIBUTE_KINDS})
+    root = xmlwrite.build_spimdata(doc)
+    block = root.find("generatedBy/zeroFilledPlanes")
+    assert [(v.get("timepoint"), v.get("setup"), v.get("z")) for v in block] == [("0", "2", "0,3"), ("1", "0", "4-7")]
+    assert xmlwrite.zero_filled_views(root) == {(0, 2): "0,3", (1, 0): "4-7"}
+    assert [parse_integer_pattern(t) for t in ("0,3", "4-7")] == [[0, 3], [4, 5, 6, 7]]
+    # the SpimData parser (like BDV's) reads the document as if the record were absent
+    path = tmp_path / "d.xml"
+    xmlwrite.write_xml(path, root)
+    sd = parse_spimdata(path)
+    assert sorted(sd.setups) == [0] and sd.missing_views == set()
+    # updates replace, "" or None removes, and an empty block goes away
+    xmlwrite.set_zero_filled_element(root, {(1, 0): "5", (0, 2): None})
+    assert xmlwrite.zero_filled_views(root) == {(1, 0): "5"}
+    xmlwrite.set_zero_filled_element(root, {(1, 0): ""})
+    assert root.find("generatedBy/zeroFilledPlanes") is None
+    # another tool's <generatedBy> keeps its library entry
+    other = ET.fromstring('<SpimData><generatedBy><library version="1">npy2bdv</library></generatedBy></SpimData>')
+    xmlwrite.set_zero_filled_element(other, {(0, 0): "1-2"})
+    assert other.findtext("generatedBy/library") == "npy2bdv"
+    assert xmlwrite.zero_filled_views(other) == {(0, 0): "1-2"}
+    bare = ET.fromstring("<SpimData/>")
+    xmlwrite.set_zero_filled_element(bare, {(0, 0): None})
+    assert bare.find("generatedBy") is None

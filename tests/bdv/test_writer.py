@@ -9,6 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
+import fastims
 from fastims import BdvWriter, WriterStateError, downsample, write_bdv
 from fastims.bdv.layout import loopback_sources
 from fastims.bdv.spimdata import parse_spimdata
@@ -365,6 +366,108 @@ def test_exception_in_with_block_still_finishes_the_file(tmp_path):
             w.write_plane(np.ones((8, 8), np.uint16), z=0)
             raise RuntimeError("camera died")
     assert read_npy2bdv(tmp_path / "x.xml")[0].min() == 1
+
+
+def _zero_filled_records(xml):
+    """The XML's ``<generatedBy><zeroFilledPlanes>`` entries: (timepoint, setup) -> ranges."""
+    import xml.etree.ElementTree as ET
+
+    block = ET.parse(xml).getroot().find("generatedBy/zeroFilledPlanes")
+    if block is None:
+        return {}
+    return {(int(v.get("timepoint")), int(v.get("setup"))): v.get("z") for v in block.findall("view")}
+
+
+def test_exception_in_with_block_names_the_zero_filled_planes(tmp_path):
+    # the file looked complete: planes zero, MissingViews empty, only a log line said otherwise
+    xml = tmp_path / "x.xml"
+    with pytest.raises(RuntimeError, match="camera died"), BdvWriter(xml, factors=[(1, 1, 1), (2, 2, 2)]) as w:
+        w.add_view(shape=(10, 16, 16), dtype="uint16")
+        for z in range(3):
+            w.write_plane(np.full((16, 16), 1000 + z, np.uint16), z=z)
+        raise RuntimeError("camera died")
+    with h5py.File(tmp_path / "x.h5", "r") as f:
+        assert f["t00000/s00"].attrs["zeroFilledPlanes"] == b"3-9"  # what h5dump shows
+        assert "zeroFilledPlanes" not in f["s00"].attrs  # BDV's setup group stays as BDV writes it
+    assert _zero_filled_records(xml) == {(0, 0): "3-9"}
+    with fastims.open(xml) as r:
+        assert r.zero_filled == {(0, 0): [3, 4, 5, 6, 7, 8, 9]}
+        assert r.levels == 2
+    # BDV's Python readers still read the file as before
+    got = read_npy2bdv(xml)
+    np.testing.assert_array_equal(got[:3], np.full((3, 16, 16), [[[1000]], [[1001]], [[1002]]]))
+    np.testing.assert_array_equal(got[3:], 0)
+    assert pybdv_meta.get_size(str(xml), 0) == (10, 16, 16)
+    assert pybdv_meta.get_setup_ids(str(xml)) == [0]
+    assert npy2bdv.BdvEditor(str(xml), mode="r").get_attribute_count()[0] == 1
+    assert parse_spimdata(xml).missing_views == set()
+
+
+def test_complete_dataset_names_no_zero_filled_planes(tmp_path):
+    xml = tmp_path / "c.xml"
+    write_bdv(xml, np.ones((4, 8, 8), np.uint16))
+    with h5py.File(tmp_path / "c.h5", "r") as f:
+        assert "zeroFilledPlanes" not in f["t00000/s00"].attrs
+    assert "zeroFilled" not in xml.read_text()
+    with fastims.open(xml) as r:
+        assert r.zero_filled == {}
+
+
+def test_zero_filled_planes_of_partitions_and_merged_parts(tmp_path, rng):
+    xml = tmp_path / "p.xml"
+    stack = camera_stack(rng, (6, 16, 16))
+    w = BdvWriter(xml, ntimepoints=2, partitions="timepoint", allow_incomplete=True)
+    w.write_view(stack)
+    w.write(stack[:2], time=1)
+    w.write(stack[5:], z=5, time=1)
+    with pytest.warns(UserWarning, match="incomplete views"):
+        w.close()
+    with h5py.File(tmp_path / "p-01-00.h5", "r") as part, h5py.File(tmp_path / "p.h5", "r") as master:
+        assert part["t00001/s00"].attrs["zeroFilledPlanes"] == b"2-4"
+        assert master["t00001/s00"].attrs["zeroFilledPlanes"] == b"2-4"
+    with h5py.File(tmp_path / "p-00-00.h5", "r") as complete:
+        assert "zeroFilledPlanes" not in complete["t00000/s00"].attrs
+    assert _zero_filled_records(xml) == {(1, 0): "2-4"}
+    with fastims.open(xml) as r:
+        assert r.zero_filled == {(1, 0): [2, 3, 4]}
+    # independent writers merged under one master: the master names the part's gaps
+    parts = []
+    for c in range(2):
+        part = tmp_path / f"run-ch{c}.xml"
+        with warnings.catch_warnings(), BdvWriter(part, nchannels=2, allow_incomplete=True) as w:
+            warnings.simplefilter("ignore", UserWarning)
+            w.add_view(channel=c, shape=stack.shape, dtype="uint16")
+            w.write(stack[: 6 - c], channel=c)
+        parts.append(part)
+    master = merge_partitions(tmp_path / "run.xml", parts)
+    assert _zero_filled_records(master) == {(0, 1): "5"}
+    with h5py.File(tmp_path / "run.h5", "r") as f:
+        assert f["t00000/s01"].attrs["zeroFilledPlanes"] == b"5"
+    with fastims.open(master) as r:
+        assert r.zero_filled == {(0, 1): [5]}
+    np.testing.assert_array_equal(read_npy2bdv(master, channel=1)[5], 0)
+
+
+def test_unclosed_writer_finished_at_exit_names_the_zero_filled_planes(tmp_path):
+    import subprocess
+    import sys
+
+    xml = tmp_path / "b.xml"
+    child = (
+        "import numpy as np, fastims\n"
+        f"w = fastims.BdvWriter({str(xml)!r})\n"
+        "w.add_view(shape=(8, 32, 32), dtype='uint16')\n"
+        "for z in range(3): w.write_plane(np.full((32, 32), 500, np.uint16), z=z)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == 0, r.stderr
+    assert "z=3-7 zero-filled" in r.stderr  # the log line, as before
+    with h5py.File(tmp_path / "b.h5", "r") as f:
+        assert f["t00000/s00"].attrs["zeroFilledPlanes"] == b"3-7"
+    assert _zero_filled_records(xml) == {(0, 0): "3-7"}
+    with fastims.open(xml) as rd:
+        assert rd.zero_filled == {(0, 0): [3, 4, 5, 6, 7]}
+    np.testing.assert_array_equal(read_npy2bdv(xml)[3:], 0)
 
 
 def test_worker_errors_are_raised_in_the_caller(tmp_path, monkeypatch, rng):

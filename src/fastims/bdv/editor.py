@@ -20,6 +20,7 @@ All HDF5 access runs in the engine's single HDF5 thread.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import warnings
@@ -34,6 +35,7 @@ from fastims.bdv import xmlwrite
 from fastims.bdv.layout import BdvLevel, loopback_sources, plan_levels, write_chunks
 from fastims.bdv.spimdata import _parse_transform, compose_affines, parse_spimdata
 from fastims.bdv.writer import (
+    COMPRESSIONS,
     _affine3x4,
     _keys_text,
     _Setup,
@@ -41,12 +43,14 @@ from fastims.bdv.writer import (
     _ViewStreamer,
     cells_path,
     pair_paths,
+    read_zero_filled,
     setup_group,
     write_setup_tables,
+    write_zero_filled,
 )
 from fastims.bdv.xmlwrite import ATTRIBUTE_KINDS
 from fastims.compression import FILTER_DEFLATE, FILTER_LZ4, FILTER_SHUFFLE, Codec
-from fastims.engine import DatasetRef, Engine, LevelSpec
+from fastims.engine import DatasetRef, Engine, LevelSpec, ranges_text
 from fastims.errors import FormatError, UnsupportedFormatError, WriterStateError
 from fastims.pyramid import SUPPORTED_DTYPES
 
@@ -140,28 +144,25 @@ class BdvEditor(_ViewStreamer):
         self._applied: set[tuple[int, int]] = set()
         self._camera: str | None = None
         self._file = None
+        # options are checked before anything is opened: a failed constructor leaves no engine
+        # threads, no open file and nothing registered for the interpreter-exit hook
+        if dtype_mode not in (None, "legacy", "typed"):
+            raise ValueError(f"dtype_mode must be None, 'legacy' or 'typed', got {dtype_mode!r}")
+        if compression != "auto" and compression not in COMPRESSIONS:
+            raise ValueError(f"compression must be 'auto' or one of {COMPRESSIONS}, got {compression!r}")
         self._engine = Engine(max_workers=max_workers, memory_limit=memory_limit)
         try:
             self._engine.call(self._open_file)
             info = self._engine.call(self._inspect_file)
-        except BaseException:
-            self._engine.close()
-            raise
-        self._opened()
-        typed_file = info["typed"]
-        self.dtype_mode = dtype_mode if dtype_mode is not None else ("typed" if typed_file else "legacy")
-        if self.dtype_mode not in ("legacy", "typed"):
-            self._engine.call(self._file.close)
-            self._engine.close()
-            raise ValueError(f"dtype_mode must be None, 'legacy' or 'typed', got {dtype_mode!r}")
-        if compression == "auto":
-            file_codec = info["codec"]
-            compression = file_codec.compression if file_codec is not None else None
-            if shuffle is None and file_codec is not None:
-                shuffle = file_codec.shuffle
-            if compression_level is None and file_codec is not None and file_codec.compression == "gzip":
-                compression_level = file_codec.level
-        try:
+            typed_file = info["typed"]
+            self.dtype_mode = dtype_mode if dtype_mode is not None else ("typed" if typed_file else "legacy")
+            if compression == "auto":
+                file_codec = info["codec"]
+                compression = file_codec.compression if file_codec is not None else None
+                if shuffle is None and file_codec is not None:
+                    shuffle = file_codec.shuffle
+                if compression_level is None and file_codec is not None and file_codec.compression == "gzip":
+                    compression_level = file_codec.level
             with warnings.catch_warnings():
                 if info["codec"] is not None and info["codec"].compression == "lz4":
                     warnings.simplefilter("ignore", UserWarning)  # the file already uses LZ4
@@ -171,9 +172,14 @@ class BdvEditor(_ViewStreamer):
                     shuffle=bool(shuffle),
                 )
         except BaseException:
-            self._engine.call(self._file.close)
-            self._engine.close()
+            try:
+                if self._file is not None:
+                    self._engine.call(self._file.close)
+            finally:
+                self._engine.close()
             raise
+        # registered for the exit hook only once complete (it reads _closed, _engine...)
+        self._opened()
 
     # -- reading -----------------------------------------------------------------------
 
@@ -432,6 +438,11 @@ class BdvEditor(_ViewStreamer):
         self._engine.call(
             lambda: write_setup_tables(self._file, sid, factors=factors, chunks=chunks, data_type=data_type)
         )
+        # zero-filled planes recorded for an incomplete view move (or go) with the crop
+        for t, _ in views:
+            planes = self._engine.call(self._crop_zero_filled, t, sid, box[0])
+            if planes is not None:
+                xmlwrite.set_zero_filled_element(self._root, {(t, sid): ranges_text(planes)})
         # the XML: size and, optionally, a translation that keeps the data in place
         for vs in self._root.iter("ViewSetup"):
             if (vs.findtext("id") or "").strip() == str(sid):
@@ -439,6 +450,12 @@ class BdvEditor(_ViewStreamer):
                 if size is None:
                     size = ET.SubElement(vs, "size")
                 size.text = f"{new0[2]} {new0[1]} {new0[0]}"
+        # the editor's own view of the setup follows: views added later match its new size
+        # (a new channel of that size takes its levels) and a new time point of this setup is
+        # planned from the cropped file, not from the streaming description made before
+        if sid in self._xml_setups:
+            self._xml_setups[sid] = dataclasses.replace(self._xml_setups[sid], size=new0)
+        self._setups.pop(sid, None)
         offset = (box[2][0], box[1][0], box[0][0])  # x, y, z
         if keep_position and any(offset):
             shift = np.eye(3, 4)
@@ -851,10 +868,18 @@ class BdvEditor(_ViewStreamer):
             self._engine.call(self._remove_views, pending)
             for key in pending:
                 del self._views[key]
+                self._zero_filled.pop(key, None)
             for sid in {sid for _, sid in pending} - set(self._xml_setups):
                 self._setups.pop(sid, None)
         else:
             self._engine.wait()
+            if self._zero_filled:
+                # added views closed incomplete: their zero-filled planes are named in both files
+                self._engine.call(self._record_zero_filled)
+                xmlwrite.set_zero_filled_element(
+                    self._root, {key: ranges_text(planes) for key, planes in self._zero_filled.items()}
+                )
+                self._dirty = True
         self._apply_views_to_xml()
         self._write_xml()
         return self._report_incomplete(incomplete)
@@ -1016,6 +1041,17 @@ class BdvEditor(_ViewStreamer):
             group = f"t{t:05d}"
             if t not in self._timepoints and group in f and not len(f[group]):
                 del f[group]
+
+    def _crop_zero_filled(self, t: int, sid: int, z_range: tuple[int, int]) -> list[int] | None:
+        """Shift a cropped view's zero-filled planes by the crop (None: it had none recorded)."""
+        grp = self._file[cells_path(t, sid, 0)].parent.parent  # the real group, also behind a link
+        planes = read_zero_filled(grp)
+        if not planes:
+            return None
+        z0, z1 = z_range
+        kept = [z - z0 for z in planes if z0 <= z < z1]
+        write_zero_filled(grp, kept)
+        return kept
 
     def _read_region(self, t: int, sid: int, region: tuple[int, ...]) -> np.ndarray:
         z0, z1, y0, y1, x0, x1 = region

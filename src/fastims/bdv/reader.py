@@ -24,15 +24,18 @@ from __future__ import annotations
 
 import os
 import re
+from collections import Counter
 from typing import Any
 
 import numpy as np
 
 from fastims.bdv.spimdata import (
     HDF5_FORMATS,
+    ZERO_FILLED_ATTR,
     ImageLoader,
     SpimData,
     ViewSetup,
+    parse_integer_pattern,
     parse_spimdata,
 )
 from fastims.errors import FormatError, UnsupportedFormatError
@@ -57,6 +60,31 @@ _TIME_RE = re.compile(r"t(\d{5,})")
 
 def _view_path(timepoint: int, setup: int, level: int) -> str:
     return f"t{timepoint:05d}/s{setup:02d}/{level}/cells"
+
+
+def _channel_names(spim: SpimData) -> list[str]:
+    """One name per setup, in C order, for :attr:`BdvReader.channel_names`.
+
+    The name of the setup's channel (``<Attributes name="channel">``) when the channel
+    carries one; otherwise the setup's ``<name>``, else ``"setup {id}"``.  A channel whose
+    name is only its id (``<id>1</id><name>1</name>``, what BigStitcher and the fastims
+    writer emit for unnamed channels) carries no name.  A channel name shared by several
+    setups (the tiles, angles or illuminations of one channel) gets the setup's own name
+    appended, ``"GFP (setup 2)"``, so that the names stay distinct.
+    """
+    channels = spim.attribute_values.get("channel", {})
+    own = [s.name or f"setup {s.id}" for s in spim.setups.values()]
+    labels: list[str | None] = []
+    for s in spim.setups.values():
+        cid = s.attributes.get("channel")
+        entity = channels.get(cid) if cid is not None else None
+        name = (entity.name or "").strip() if entity is not None else ""
+        labels.append(name if name and name != str(cid) else None)
+    shared = {n for n, k in Counter(labels).items() if n is not None and k > 1}
+    return [
+        fallback if label is None else (f"{label} ({fallback})" if label in shared else label)
+        for label, fallback in zip(labels, own)
+    ]
 
 
 class _SetupData:
@@ -98,7 +126,9 @@ class BdvReader(BaseReader):
     :attr:`level_shapes`) describe the first setup with data; :attr:`levels` is the
     smallest level count of all setups.  Setups of another size are read one at a time
     with ``asarray``; a selection spanning setups of different types is returned in
-    their common type (``numpy.result_type``).
+    their common type (``numpy.result_type``).  :attr:`channel_names` has one name per
+    setup: its channel's name when the ``channel`` attribute names it, else the setup's
+    name (``"GFP (setup 2)"`` when several setups share a channel name).
 
     Examples
     --------
@@ -178,7 +208,7 @@ class BdvReader(BaseReader):
         self._time_ids = list(spim.timepoints)
         first = spim.setups[self._setup_ids[0]] if self._setup_ids else None
         voxel = (first.voxel_size if first is not None else None) or (1.0, 1.0, 1.0)
-        names = [s.name or f"setup {s.id}" for s in spim.setups.values()]
+        names = _channel_names(spim)
         metadata = spim.to_dict()
         metadata["xml"] = None if spim.xml_path is None else str(spim.xml_path)
         return {
@@ -406,6 +436,37 @@ class BdvReader(BaseReader):
         """``(timepoint id, setup id)`` of the views without data, sorted."""
         self._info()
         return sorted(self._spim.missing_views)
+
+    @property
+    def zero_filled(self) -> dict[tuple[int, int], list[int]]:
+        """Planes stored as zeros because they were never written, by view.
+
+        ``(timepoint id, setup id)`` -> full-resolution z indices, for the views of a dataset
+        closed incomplete (``allow_incomplete=True``, an exception in a ``with`` block, a
+        writer finished at interpreter exit); their coarser levels were computed with those
+        zeros. Read from the ``zeroFilledPlanes`` attribute fastims puts on the view's
+        ``t{tp:05d}/s{setup:02d}`` group; empty for complete datasets and other writers' files.
+        Opens every view's group, so it is read on each access rather than at open.
+        """
+        self._info()
+        out: dict[tuple[int, int], list[int]] = {}
+        if self._h5 is None:
+            return out
+        for tp in self._time_ids:
+            for sid in self._setup_ids:
+                if (tp, sid) in self._spim.missing_views:
+                    continue
+                try:
+                    ds = self._view_dataset(tp, sid, 0)
+                except (OSError, KeyError, FormatError):  # no data to describe
+                    continue
+                if ds is None or not hasattr(ds, "read_direct"):
+                    continue
+                # the group holding the data: in the partition file when linked there
+                text = read_attr_str(ds.parent.parent, ZERO_FILLED_ATTR)
+                if text:
+                    out[(tp, sid)] = parse_integer_pattern(text)
+        return out
 
     @property
     def attribute_values(self) -> dict[str, dict[int, Any]]:

@@ -33,6 +33,7 @@ import numpy as np
 from fastims.errors import FormatError
 
 __all__ = [
+    "ZERO_FILLED_ATTR",
     "AttributeValue",
     "ImageLoader",
     "Partition",
@@ -46,6 +47,12 @@ __all__ = [
 
 #: Loader formats whose data lives in one HDF5 file (plus optional partitions).
 HDF5_FORMATS = frozenset({"bdv.hdf5"})
+
+#: fastims' record of an incomplete view: an ASCII attribute of its ``t{tp:05d}/s{setup:02d}``
+#: group naming the full-resolution planes that were never written and hold zeros, as plane
+#: ranges (``"3-7,12"``, read with :func:`parse_integer_pattern`). BigDataViewer, pybdv and
+#: npy2bdv ignore attributes there; the XML repeats it in ``<generatedBy><zeroFilledPlanes>``.
+ZERO_FILLED_ATTR = "zeroFilledPlanes"
 
 _IDENTITY_3X4 = np.eye(3, 4)
 

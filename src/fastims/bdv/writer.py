@@ -50,6 +50,7 @@ from fastims.errors import FormatError, WriterStateError
 from fastims.pyramid import SUPPORTED_DTYPES
 from fastims.bdv import xmlwrite
 from fastims.bdv.layout import BdvLevel, plan_levels
+from fastims.bdv.spimdata import ZERO_FILLED_ATTR, parse_integer_pattern
 from fastims.bdv.xmlwrite import ATTRIBUTE_KINDS, Document, PartitionEntry, SetupEntry
 
 __all__ = ["BdvWriter", "merge_partitions", "write_bdv"]
@@ -68,6 +69,11 @@ _DEFAULT_AFFINE_NAME = "manually defined"
 def cells_path(timepoint: int, setup: int, level: int) -> str:
     """HDF5 path of a level's image data (``t%05d/s%02d/%d/cells``)."""
     return f"t{timepoint:05d}/s{setup:02d}/{level}/cells"
+
+
+def view_group(timepoint: int, setup: int) -> str:
+    """HDF5 group of a view's levels (``t%05d/s%02d``); carries :data:`ZERO_FILLED_ATTR`."""
+    return f"t{timepoint:05d}/s{setup:02d}"
 
 
 def setup_group(setup: int) -> str:
@@ -196,6 +202,8 @@ class _ViewStreamer(EngineWriter):
         self._setups: dict[int, _Setup] = {}
         self._views: dict[tuple[int, int], _View] = {}
         self._tile_locations: dict[int, tuple[float, float, float]] = {}
+        # (time, setup) -> full-resolution planes zero-filled at close, recorded in both files
+        self._zero_filled: dict[tuple[int, int], list[int]] = {}
         self._closed = False
 
     # -- hooks -------------------------------------------------------------------------
@@ -572,6 +580,7 @@ class _ViewStreamer(EngineWriter):
             gaps = stream.missing_planes().tolist()
             if gaps and isinstance(stream, Stream):
                 incomplete[(t, sid)] = f"z={ranges_text(gaps)} zero-filled"
+                self._zero_filled[(t, sid)] = [int(z) for z in gaps]
                 self._engine.finish(stream, zero_fill=True)
         return incomplete
 
@@ -615,6 +624,16 @@ class _ViewStreamer(EngineWriter):
                 if "cells" in grp:
                     del grp["cells"]
                 grp["cells"] = h5py.ExternalLink(link_name, "/" + path)
+
+    def _record_zero_filled(self) -> None:
+        """Name the zero-filled planes on each incomplete view's group (HDF5 attribute)."""
+        for (t, sid), planes in self._zero_filled.items():
+            f, link_name = self._file_for(t, sid)
+            groups = [f[view_group(t, sid)]]
+            if link_name is not None and view_group(t, sid) in self._file:
+                groups.append(self._file[view_group(t, sid)])  # the master's group too (h5dump)
+            for grp in groups:
+                write_zero_filled(grp, planes)
 
     def _write_setup_h5(self, f: Any, setup: _Setup) -> None:
         write_setup_tables(
@@ -697,6 +716,9 @@ class BdvWriter(_ViewStreamer):
     allow_incomplete : bool
         At close, accept declared views with missing planes (zero-filled) or without data
         (listed in ``MissingViews``) with a warning instead of raising WriterStateError.
+        Zero-filled planes are named in both files however the writer closes (``t…/s…``
+        attribute ``zeroFilledPlanes`` and ``<generatedBy><zeroFilledPlanes>``, see
+        :attr:`fastims.BdvReader.zero_filled`).
 
     Examples
     --------
@@ -769,13 +791,16 @@ class BdvWriter(_ViewStreamer):
         self._engine = Engine(max_workers=max_workers, memory_limit=memory_limit, memory_floor=256 << 20)
         try:
             self._engine.call(self._open_file)
-        except BaseException:
-            self._engine.close()
-            raise
-        self._opened()
-        if self.xml_path.exists():
             # a stale XML would describe another file; the new one is written at close
-            self.xml_path.unlink()
+            self.xml_path.unlink(missing_ok=True)
+        except BaseException:
+            try:
+                self._engine.call(self._close_files)
+            finally:
+                self._engine.close()
+            raise
+        # registered for the exit hook only once complete: a failed constructor leaves nothing
+        self._opened()
 
     # -- public API --------------------------------------------------------------------
 
@@ -851,7 +876,8 @@ class BdvWriter(_ViewStreamer):
         WriterStateError
             When declared views have missing planes or no data (unless
             ``allow_incomplete=True``). The dataset is still completed: missing planes read as
-            zeros and views without data are listed in ``MissingViews``.
+            zeros (and are named in the files) and views without data are listed in
+            ``MissingViews``.
         """
         self._close(raising=True)
 
@@ -897,6 +923,8 @@ class BdvWriter(_ViewStreamer):
         if self._engine.error is None:
             incomplete = self._finish_streams()
         self._engine.wait()
+        if self._engine.error is None:
+            self._engine.call(self._record_zero_filled)
         self._engine.call(self._finalize_files)
         self._write_xml()
         return self._report_incomplete(incomplete)
@@ -908,7 +936,8 @@ class BdvWriter(_ViewStreamer):
         present = self._present()
         smallest = self._smallest_voxel()
         doc = Document(h5_path=self.h5_path.name, timepoints=list(range(self.ntimepoints)),
-                       metadata=dict(self._metadata))
+                       metadata=dict(self._metadata),
+                       zero_filled={key: ranges_text(z) for key, z in self._zero_filled.items()})
         for sid, setup in sorted(self._setups.items()):
             doc.setups[sid] = SetupEntry(
                 id=sid, name=setup.name, size=setup.shape, voxel_size=setup.voxel_size, unit=setup.unit,
@@ -1100,6 +1129,23 @@ def write_setup_tables(
         write_ascii_attr(grp, "dataType", data_type)
 
 
+def write_zero_filled(group: Any, planes: Sequence[int]) -> None:
+    """Set (or, for no planes, remove) a view group's :data:`ZERO_FILLED_ATTR` attribute."""
+    if ZERO_FILLED_ATTR in group.attrs:
+        del group.attrs[ZERO_FILLED_ATTR]
+    if len(planes):
+        write_ascii_attr(group, ZERO_FILLED_ATTR, ranges_text(sorted(int(z) for z in planes)))
+
+
+def read_zero_filled(group: Any) -> list[int]:
+    """The planes a view group's :data:`ZERO_FILLED_ATTR` attribute names (empty without it)."""
+    if ZERO_FILLED_ATTR not in group.attrs:
+        return []
+    value = group.attrs[ZERO_FILLED_ATTR]
+    text = value.decode("ascii") if isinstance(value, bytes) else str(value)
+    return parse_integer_pattern(text) if text.strip() else []
+
+
 def write_ascii_attr(obj: Any, name: str, text: str) -> None:
     """A scalar fixed-length, null-padded ASCII string attribute (how BDV's writer stores it)."""
     from h5py import h5a, h5s, h5t
@@ -1166,6 +1212,7 @@ def merge_partitions(
     tables: dict[int, tuple[Path, str]] = {}
     timepoints: set[int] = set()
     cells: list[tuple[Path, str]] = []
+    zero_filled: dict[tuple[int, int], list[int]] = {}
     part_list = [pair_paths(p) for p in parts]
     if not part_list:
         raise ValueError("parts is empty")
@@ -1207,6 +1254,9 @@ def merge_partitions(
                     tables.setdefault(sid, (part_h5, rel))
                     for li in range(nlevels):
                         cells.append((Path(rel), cells_path(t, sid, li)))
+                    planes = read_zero_filled(pf[view_group(t, sid)])
+                    if planes:  # the master names them too (its XML and its view group)
+                        zero_filled[(t, sid)] = planes
                     if (t, sid) in sd.registrations:
                         doc.registrations[(t, sid)] = [
                             (tr.name or "affine", tr.affine) for tr in sd.registrations[(t, sid)]
@@ -1225,6 +1275,7 @@ def merge_partitions(
             doc.metadata.setdefault(key, value)
     doc.timepoints = sorted(timepoints) or [0]
     doc.missing = {(t, s) for t in doc.timepoints for s in doc.setups if (t, s) not in owner}
+    doc.zero_filled = {key: ranges_text(planes) for key, planes in zero_filled.items()}
     with h5py.File(h5_path, "w", libver=LIBVER) as mf:
         for sid, (part_h5, _rel) in sorted(tables.items()):
             with h5py.File(part_h5, "r") as pf:
@@ -1238,6 +1289,8 @@ def merge_partitions(
         for rel, cpath in cells:
             grp = mf.require_group(cpath.rsplit("/", 1)[0])
             grp["cells"] = h5py.ExternalLink(rel.as_posix(), "/" + cpath)
+        for (t, sid), planes in zero_filled.items():
+            write_zero_filled(mf[view_group(t, sid)], planes)
     xmlwrite.write_xml(xml_path, xmlwrite.build_spimdata(doc))
     return xml_path
 

@@ -14,7 +14,9 @@ and sources: ``shared/spec/bdv.md`` section 2):
 
 Extra elements BDV ignores and BigStitcher tolerates (npy2bdv writes the same ones):
 ``<generatedBy>`` under the root (library, microscope, user, free-form metadata) and
-``<camera>`` inside a ``<ViewSetup>`` (camera name, exposure time and unit).
+``<camera>`` inside a ``<ViewSetup>`` (camera name, exposure time and unit). An incomplete
+dataset also names its zero-filled planes there, ``<generatedBy><zeroFilledPlanes><view
+timepoint="0" setup="0" z="3-7"/>`` (:func:`set_zero_filled_element`), as its HDF5 file does.
 
 Numbers are written with Python's shortest round-trip ``repr``, which Java's
 ``Double.parseDouble`` reads back exactly. Files are written atomically: a temporary file in
@@ -48,13 +50,16 @@ __all__ = [
     "calibration_transforms",
     "check_metadata_key",
     "format_number",
+    "generated_by",
     "length_in_meters",
     "set_metadata_element",
+    "set_zero_filled_element",
     "setup_element",
     "timepoints_element",
     "to_bytes",
     "transform_element",
     "write_xml",
+    "zero_filled_views",
 ]
 
 #: attribute kinds of a BigStitcher view setup, in setup-id order
@@ -135,6 +140,9 @@ class Document:
     metadata : dict of str to str
         ``microscope``, ``microscope_version``, ``user`` and free-form keys for
         ``<generatedBy>``.
+    zero_filled : dict of (int, int) to str
+        (timepoint, setup) -> planes never written and stored as zeros, as ranges text
+        (``"3-7,12"``), for ``<generatedBy><zeroFilledPlanes>``.
     """
 
     h5_path: str
@@ -146,6 +154,7 @@ class Document:
     missing: set[tuple[int, int]] = field(default_factory=set)
     partitions: list[PartitionEntry] = field(default_factory=list)
     metadata: dict[str, str] = field(default_factory=dict)
+    zero_filled: dict[tuple[int, int], str] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------
@@ -366,6 +375,52 @@ def set_metadata_element(root: ET.Element, metadata: Mapping[str, str | None]) -
     return gen
 
 
+def set_zero_filled_element(root: ET.Element, records: Mapping[tuple[int, int], str | None]) -> None:
+    """Create or update ``<generatedBy><zeroFilledPlanes>``: the planes stored as zeros.
+
+    One ``<view timepoint="t" setup="s" z="3-7"/>`` per incomplete view, sorted; `records`
+    maps (timepoint, setup) to ranges text of full-resolution planes, None (or "") removing
+    a view's entry. The block is removed when it lists no view. It lives in ``<generatedBy>``,
+    the extension element BigDataViewer and BigStitcher are known to skip (``spec/bdv.md``
+    section 2.1), so readers of the format are not affected.
+    """
+    gen = root.find("generatedBy")
+    if gen is None:
+        if not any(records.values()):
+            return
+        gen = set_metadata_element(root, {})
+    block = gen.find("zeroFilledPlanes")
+    current = zero_filled_views(root)
+    for key, text in records.items():
+        if text:
+            current[key] = str(text)
+        else:
+            current.pop(key, None)
+    if block is not None:
+        gen.remove(block)
+    if current:
+        block = _sub(gen, "zeroFilledPlanes")
+        for (t, s), text in sorted(current.items()):
+            _sub(block, "view", timepoint=str(t), setup=str(s), z=text)
+
+
+def zero_filled_views(root: ET.Element) -> dict[tuple[int, int], str]:
+    """The ``<generatedBy><zeroFilledPlanes>`` records: (timepoint, setup) -> ranges text."""
+    out: dict[tuple[int, int], str] = {}
+    block = root.find("generatedBy/zeroFilledPlanes")
+    if block is None:
+        return out
+    for view in block.findall("view"):
+        try:
+            key = (int(view.get("timepoint", "").strip()), int(view.get("setup", "").strip()))
+        except ValueError:
+            continue  # a damaged entry names nothing usable; the HDF5 attribute still does
+        text = (view.get("z") or "").strip()
+        if text:
+            out[key] = text
+    return out
+
+
 def build_spimdata(doc: Document) -> ET.Element:
     """The ``<SpimData>`` element of `doc`.
 
@@ -376,6 +431,7 @@ def build_spimdata(doc: Document) -> ET.Element:
     root = ET.Element("SpimData", {"version": "0.2"})
     _sub(root, "BasePath", ".", type="relative")
     set_metadata_element(root, doc.metadata)
+    set_zero_filled_element(root, doc.zero_filled)
     seq = _sub(root, "SequenceDescription")
     loader = _sub(seq, "ImageLoader", format="bdv.hdf5")
     _sub(loader, "hdf5", doc.h5_path, type="relative")
