@@ -498,3 +498,170 @@ def test_setup_without_any_data(tmp_path, rng):
         assert r.channel_names == ["ch0"]
         np.testing.assert_array_equal(r[0, 0], vol)
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())
+
+
+# ---------------------------------------------------------------------------------------
+# BDV inputs whose data lie outside the XML's folder
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def external_bdv(tmp_path, rng):
+    """data/d.xml + d.h5, and xml/abs.xml, xml/rel.xml naming data/d.h5 absolutely / as ../data/d.h5."""
+    vol = rng.integers(0, 65535, (3, 16, 20), dtype=np.uint16, endpoint=True)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "xml").mkdir()
+    write_bdv(tmp_path / "data" / "d.xml", vol, voxel_size=VOXEL)
+    text = (tmp_path / "data" / "d.xml").read_text()
+    assert '<hdf5 type="relative">d.h5</hdf5>' in text
+    h5 = tmp_path / "data" / "d.h5"
+    (tmp_path / "xml" / "abs.xml").write_text(
+        text.replace('<hdf5 type="relative">d.h5</hdf5>', f'<hdf5 type="absolute">{h5}</hdf5>'))
+    (tmp_path / "xml" / "rel.xml").write_text(
+        text.replace('<hdf5 type="relative">d.h5</hdf5>', '<hdf5 type="relative">../data/d.h5</hdf5>'))
+    return vol, [tmp_path / "xml" / "abs.xml", tmp_path / "xml" / "rel.xml"]
+
+
+def test_convert_follows_external_paths_when_allowed(tmp_path, external_bdv):
+    vol, xmls = external_bdv
+    for i, xml in enumerate(xmls):
+        # refused by default, in convert's words
+        with pytest.raises(fastims.FormatError, match=r"outside the dataset folder.*pass "
+                           r"allow_external_paths=True to convert\(\)"):
+            convert(xml, tmp_path / f"no{i}.ims")
+        for target in (f"out{i}.ims", f"out{i}.xml"):
+            out = convert(xml, tmp_path / target, allow_external_paths=True)
+            with fastims.open(out) as r:
+                np.testing.assert_array_equal(r[0, 0], vol)
+                np.testing.assert_allclose(r.voxel_size, VOXEL)
+    assert not list(tmp_path.glob("no*")) and not list(tmp_path.glob(".*"))
+    # the option belongs to .ims / BDV inputs, one file at a time
+    np.save(tmp_path / "a.npy", vol)
+    with pytest.raises(ValueError, match="allow_external_paths applies to .ims and BDV inputs"):
+        convert(tmp_path / "a.npy", tmp_path / "a.ims", allow_external_paths=True)
+    with pytest.raises(ValueError, match="not supported for tile patterns"):
+        convert(str(tmp_path / "xml" / "{name}.xml"), tmp_path / "p.ims", allow_external_paths=True)
+    with pytest.raises(TypeError, match="allow_external_paths must be a bool"):
+        convert(xmls[0], tmp_path / "b.ims", allow_external_paths="yes")
+
+
+def test_cli_convert_allow_external_paths(tmp_path, external_bdv, capsys):
+    vol, xmls = external_bdv
+    assert main(["convert", str(xmls[1]), str(tmp_path / "c.ims"), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "outside the dataset folder" in err and "use --allow-external-paths to follow it" in err
+    assert "allow_external_paths" not in err
+    assert main(["convert", str(xmls[1]), str(tmp_path / "c.ims"), "--no-progress", "--allow-external-paths"]) == 0
+    with fastims.open(tmp_path / "c.ims") as r:
+        np.testing.assert_array_equal(r[0, 0], vol)
+
+
+# ---------------------------------------------------------------------------------------
+# channel names from BDV channel attributes; time-point ids
+# ---------------------------------------------------------------------------------------
+
+
+def test_bdv_channel_labels_become_ims_channel_names(tmp_path, rng):
+    vols = rng.integers(0, 65535, (2, 4, 12, 10), dtype=np.uint16, endpoint=True)
+    with BdvWriter(tmp_path / "c.xml", nchannels=2) as w:  # setups keep automatic names
+        w.set_attribute_labels("channel", NAMES)
+        for c in range(2):
+            w.write_view(vols[c], channel=c)
+    ims = convert(tmp_path / "c.xml", tmp_path / "c.ims")
+    with fastims.open(ims) as r:
+        assert r.channel_names == NAMES
+        np.testing.assert_array_equal(r[0], vols)
+    # BDV -> BDV keeps the labels; .ims -> BDV -> .ims keeps the names
+    bdv = convert(tmp_path / "c.xml", tmp_path / "d.xml")
+    mid = convert(ims, tmp_path / "mid.xml")
+    back = convert(mid, tmp_path / "back.ims")
+    for path in (bdv, mid, back):
+        with fastims.open(path) as r:
+            assert r.channel_names == NAMES
+            np.testing.assert_array_equal(r[0], vols)
+    with fastims.open(mid) as r:
+        assert {i: v.name for i, v in r.attribute_values["channel"].items()} == dict(enumerate(NAMES))
+
+
+def test_bdv_channels_named_by_their_ids_stay_unnamed(tmp_path, fixtures_dir):
+    # mri-stack's channel has id 1 and name "1"; renumbered to id 0 it must not become a
+    # channel named "1" (which would hide the setup's name)
+    out = convert(fixtures_dir / MRI, tmp_path / "m.xml")
+    with fastims.open(out) as r:
+        assert {i: v.name for i, v in r.attribute_values["channel"].items()} == {0: "0"}
+        assert r.channel_names == ["mri-stack"]
+
+
+def _renumber_timepoints(xml: Path, ids: list[int]) -> None:
+    """Give the time points of a fastims-written BDV dataset the ids `ids` (XML and HDF5)."""
+    import xml.etree.ElementTree as ET
+
+    tree = ET.parse(xml)
+    root = tree.getroot()
+    seq = root.find("SequenceDescription")
+    old = seq.find("Timepoints")
+    new = ET.Element("Timepoints", type="list")
+    for t in ids:
+        ET.SubElement(ET.SubElement(new, "Timepoint"), "id").text = str(t)
+    seq.insert(list(seq).index(old), new)
+    seq.remove(old)
+    for reg in root.iter("ViewRegistration"):
+        reg.set("timepoint", str(ids[int(reg.get("timepoint"))]))
+    tree.write(xml)
+    with h5py.File(xml.with_suffix(".h5"), "a") as f:
+        for t in reversed(range(len(ids))):
+            f.move(f"t{t:05d}", f"t{ids[t]:05d}")
+
+
+def test_bdv_to_bdv_renumbers_timepoint_ids(tmp_path, rng):
+    vols = rng.integers(0, 65535, (3, 4, 12, 10), dtype=np.uint16, endpoint=True)
+    src = tmp_path / "p.xml"
+    write_bdv(src, {(t,): vols[t] for t in range(3)}, voxel_size=VOXEL)
+    _renumber_timepoints(src, [3, 5, 7])
+    with fastims.open(src) as r:
+        assert r.timepoint_ids == [3, 5, 7]
+        np.testing.assert_array_equal(r[:, 0], vols)
+        affine = r.affine(2, 0)
+    # documented: the time points keep their order, their ids become 0..T-1
+    assert "renumbered" in convert.__doc__ and "0..T-1" in convert.__doc__
+    out = convert(src, tmp_path / "q.xml")
+    with fastims.open(out) as r:
+        assert r.timepoint_ids == [0, 1, 2]
+        np.testing.assert_array_equal(r[:, 0], vols)
+        np.testing.assert_allclose(r.affine(2, 0), affine)
+
+
+# ---------------------------------------------------------------------------------------
+# warnings point at the caller of convert
+# ---------------------------------------------------------------------------------------
+
+
+def test_writer_warnings_point_at_the_caller(tmp_path, ims_src):
+    with pytest.warns(UserWarning, match="LZ4 .* not readable by Fiji") as caught:
+        convert(ims_src, tmp_path / "a.xml", compression="lz4")
+    assert [Path(w.filename) for w in caught] == [Path(__file__)]
+    # through the callable module fastims.convert as well
+    with pytest.warns(UserWarning, match="LZ4") as caught:
+        convert_module(ims_src, tmp_path / "b.xml", compression="lz4")
+    assert [Path(w.filename) for w in caught] == [Path(__file__)]
+    with fastims.open(tmp_path / "b.xml") as r:
+        assert r.shape[:2] == (2, 2)
+
+
+@pytest.mark.filterwarnings("error")
+def test_writer_warning_as_error_aborts_the_writer(tmp_path, ims_src, monkeypatch):
+    from fastims.bdv.writer import BdvWriter as Writer
+
+    aborted = []
+    original = Writer.abort
+
+    def abort(self):
+        aborted.append(self)
+        return original(self)
+
+    monkeypatch.setattr(Writer, "abort", abort)
+    # the re-issued warning raises once the writer is open: it must not stay open
+    with pytest.raises(UserWarning, match="LZ4"):
+        convert(ims_src, tmp_path / "a.xml", compression="lz4")
+    assert len(aborted) == 1
+    assert listing(tmp_path) == ["src.ims"]

@@ -404,7 +404,7 @@ def test_cli_link_imaris_linker_options(tmp_path, ims_grid, capsys, monkeypatch)
     assert main([*argv[:3], "--filename", "linked.xml", "--group-channels"]) == 1
     assert "--group-channels apply to Imaris" in capsys.readouterr().err
     assert main([*argv[:-7], "--color", "1", "0", "0", "--overwrite"]) == 1
-    assert "channel_colors gives 1 channel, but the tiles have 2" in capsys.readouterr().err
+    assert "--color gives 1 channel, but the tiles have 2" in capsys.readouterr().err
     csv = tmp_path / "fire.csv"
     csv.write_text("0,0,0\n255,128,0\n")
     assert main([*argv[:-7], "--color-table", str(csv), "--overwrite"]) == 0
@@ -423,3 +423,65 @@ def test_cli_link_imaris_linker_options(tmp_path, ims_grid, capsys, monkeypatch)
         np.testing.assert_array_equal(r.asarray(tile=1), ims_grid[(488, 0, 1)])
     with fastims.open(tmp_path / "bm.xml") as r:
         np.testing.assert_array_equal(r.asarray(tile=1), ims_grid[(488, 0, 1)])
+
+
+def test_link_bdv_tiles_with_data_outside_their_xml_folder(tmp_path, rng, capsys):
+    # tile XMLs in xml/ naming their .h5 as ../data/t.h5; the master in the common parent
+    (tmp_path / "xml").mkdir()
+    (tmp_path / "data").mkdir()
+    tiles = [rng.integers(0, 4000, TILE, dtype=np.uint16) for _ in range(2)]
+    for i, a in enumerate(tiles):
+        write_bdv(tmp_path / "data" / f"t{i}.xml", a, voxel_size=VOXEL, tile_location=(0.0, 0.0, 13.5 * i))
+        text = (tmp_path / "data" / f"t{i}.xml").read_text()
+        (tmp_path / "xml" / f"t{i}.xml").write_text(
+            text.replace(f'<hdf5 type="relative">t{i}.h5</hdf5>', f'<hdf5 type="relative">../data/t{i}.h5</hdf5>'))
+    sources = [tmp_path / "xml" / f"t{i}.xml" for i in range(2)]
+    with pytest.raises(fastims.FormatError, match=r"tile .*t0.xml: .*outside the dataset folder.*pass "
+                       r"allow_external_paths=True to link_bdv\(\)"):
+        link_bdv(tmp_path / "m.xml", sources)
+    assert not (tmp_path / "m.xml").exists() and not (tmp_path / "m.h5").exists()
+    xml = link_bdv(tmp_path / "m.xml", sources, allow_external_paths=True)
+    with fastims.open(xml) as r:  # the master's own links stay inside its folder
+        for i in range(2):
+            np.testing.assert_array_equal(r.asarray(tile=i), tiles[i])
+    # the CLI names its flag
+    argv = ["link", "xml/t0.xml", "xml/t1.xml", "--path", str(tmp_path), "--filename", "m2.xml"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "use --allow-external-paths to follow it" in err and "allow_external_paths" not in err
+    assert main([*argv, "--allow-external-paths"]) == 0
+    with fastims.open(tmp_path / "m2.xml") as r:
+        np.testing.assert_array_equal(r.asarray(tile=1), tiles[1])
+
+
+def test_link_ims_tile_linking_outside_its_folder(tmp_path, rng):
+    # an .ims tile whose data are external links to a file outside the tile's folder
+    (tmp_path / "tiles").mkdir()
+    (tmp_path / "store").mkdir()
+    a = rng.integers(0, 4000, TILE, dtype=np.uint16)
+    write_ims(tmp_path / "store" / "full.ims", a, voxel_size=VOXEL)
+    link_ims(tmp_path / "store" / "one.ims", [tmp_path / "store" / "full.ims"])
+    os.replace(tmp_path / "store" / "one.ims", tmp_path / "tiles" / "one.ims")
+    with h5py.File(tmp_path / "tiles" / "one.ims", "a") as f:  # re-point the links: ../store/full.ims
+        links = _external_links(f)
+        assert links
+        for name, link in links:
+            del f[name]
+            f[name] = h5py.ExternalLink("../store/" + link.filename, link.path)
+    with pytest.raises(fastims.FormatError, match=r"pass allow_external_paths=True to link_ims\(\)"):
+        link_ims(tmp_path / "all.ims", [tmp_path / "tiles" / "one.ims"])
+    out = link_ims(tmp_path / "all.ims", [tmp_path / "tiles" / "one.ims"], allow_external_paths=True)
+    with fastims.open(out, allow_external_paths=True) as r:
+        np.testing.assert_array_equal(r[0, 0], a)
+
+
+def _external_links(group: h5py.Group, prefix: str = "") -> list[tuple[str, h5py.ExternalLink]]:
+    """(path, link) of every external link below `group` (not followed)."""
+    found = []
+    for name in group:
+        link = group.get(name, getlink=True)
+        if isinstance(link, h5py.ExternalLink):
+            found.append((prefix + name, link))
+        elif isinstance(link, h5py.HardLink) and isinstance(group[name], h5py.Group):
+            found += _external_links(group[name], f"{prefix}{name}/")
+    return found

@@ -10,9 +10,11 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import sys
 import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Mapping, Sequence
 
 from fastims._version import __version__
 from fastims.errors import FastimsError
@@ -58,18 +60,127 @@ def _size(text: str) -> tuple[int, int]:
     return y, x
 
 
+def _int_in(text: str, lo: int, hi: int | None, what: str) -> int:
+    """`text` as an int in lo..hi (no upper bound for None), else the argument's error."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if value < lo or (hi is not None and value > hi):
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    return _int_in(text, 1, None, "a positive integer")
+
+
+def _gzip_level(text: str) -> int:
+    return _int_in(text, 1, 9, "a gzip level 1-9")
+
+
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _length(text: str) -> float:
+    value = _finite(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = _finite(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be a fraction 0 <= overlap < 1, got {text!r}")
+    return value
+
+
 #: what a command reports as one line on stderr (exit status 1) instead of a traceback
 _USER_ERRORS = (OSError, ValueError, TypeError, KeyError, IndexError, MemoryError, ImportError, FastimsError)
 
+#: library parameter -> the command's flag, for messages raised or warned by the library
+_FLAGS: dict[str, dict[str, str]] = {
+    "simulate": {
+        "compression": "--compression", "compression_level": "--level", "max_workers": "--workers",
+        "voxel_size": "--voxel-size", "overwrite": "--overwrite",
+    },
+    "convert": {
+        "compression": "--compression", "compression_level": "--level", "max_workers": "--threads",
+        "memory_limit": "--memory-limit", "voxel_size": "--voxel-size", "unit": "--unit",
+        "channel_names": "--channel-names", "origin": "--origin", "overlap": "--overlap",
+        "scheduler": "--scheduler", "workers": "--workers", "overwrite": "--overwrite",
+        "allow_external_paths": "--allow-external-paths",
+    },
+    "link": {
+        "x_tiles": "--x-tiles", "y_tiles": "--y-tiles", "z_tiles": "--z-tiles", "channels": "--channels",
+        "channel_colors": "--color", "color_ranges": "--color-range", "color_table": "--color-table",
+        "split_channels": "--group-channels", "overwrite": "--overwrite",
+        "allow_external_paths": "--allow-external-paths",
+    },
+}
 
-def _report(exc: BaseException) -> int:
+
+def _cli_words(text: str, flags: Mapping[str, str]) -> str:
+    """`text` (a library message) with the parameters it names replaced by their flags.
+
+    ``pass overwrite=True`` / ``open with allow_external_paths=True [to f()]`` become ``use
+    --flag``; ``compression=None`` becomes ``--compression none``; a leading list of
+    parameters (``voxel_size, unit apply to...``) and other snake_case names (``max_workers``)
+    become flags. Plain words such as *unit* or *origin* elsewhere in a sentence stay words.
+    """
+    if not flags:
+        return text
+
+    def use(m: re.Match[str]) -> str:
+        return f"use {flags[m.group(1)]}" if m.group(1) in flags else m.group(0)
+
+    def assign(m: re.Match[str]) -> str:
+        name, value = m.group(1), m.group(2).strip("'\"")
+        return f"{flags[name]} {value.lower() if value == 'None' else value}" if name in flags else m.group(0)
+
+    def listed(m: re.Match[str]) -> str:
+        names = [n.strip() for n in m.group(1).split(",")]
+        if not all(n in flags for n in names):
+            return m.group(0)
+        return ", ".join(flags[n] for n in names) + m.group(2)
+
+    def snake(m: re.Match[str]) -> str:
+        return flags.get(m.group(0), m.group(0))
+
+    text = re.sub(r"\b(?:pass|open with) (\w+)=True(?: to \w+\(\))?", use, text)
+    text = re.sub(r"(?<![\w.-])(\w+)=(None|'[^']*'|\"[^\"]*\"|\w+)", assign, text)
+    text = re.sub(r"^(\w+(?:, \w+)*)( apply to )", listed, text)
+    # snake_case only: such names are not English words; not inside paths or file names
+    return re.sub(r"(?<![\w./\\-])[a-z]+(?:_[a-z]+)+(?![\w/\\-]|\.\w)", snake, text)
+
+
+def _report(exc: BaseException, flags: Mapping[str, str] | None = None) -> int:
     """Print `exc` as the CLI's one-line error, in the CLI's words; return the exit status."""
     text = str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc) or type(exc).__name__
     notes = getattr(exc, "__notes__", None)
     if notes:
         text += " (" + "; ".join(notes) + ")"
-    print(f"fastims: error: {text.replace('pass overwrite=True', 'use --overwrite')}", file=sys.stderr)
+    print(f"fastims: error: {_cli_words(text, {'overwrite': '--overwrite', **(flags or {})})}", file=sys.stderr)
     return 1
+
+
+def _warning_printer(flags: Mapping[str, str]) -> object:
+    """A :func:`warnings.showwarning` printing ``fastims: warning: ...`` in the CLI's words
+    (not the library's file and line, which mean nothing to a command-line user)."""
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+             file: object = None, line: str | None = None) -> None:
+        print(f"fastims: warning: {_cli_words(str(message), flags)}", file=sys.stderr)
+
+    return show
 
 
 def _rate(text: str) -> float:
@@ -101,6 +212,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     nt, nc, nz = args.timepoints, args.channels, args.frames
     if not args.out.lower().endswith(".ims"):
         raise ValueError(f"simulate writes an Imaris file: OUT must end in .ims, got {args.out!r}")
+    _check_level(args)
+    level = {} if args.level is None else {"compression_level": args.level}
     cam = SyntheticCamera((ny, nx), depth=nz, dtype=args.dtype, channels=nc, seed=args.seed)
     # a bank of frames computed up front: the camera must not be the bottleneck we measure
     nbank = min(nz, args.bank)
@@ -112,8 +225,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     opening = time.perf_counter()
     with ImsWriter(
         args.out, shape=(nt, nc, nz, ny, nx), dtype=args.dtype, voxel_size=args.voxel_size,
-        compression=args.compression, compression_level=args.level, shuffle=args.shuffle,
-        max_workers=args.workers, overwrite=args.overwrite,
+        compression=args.compression, shuffle=args.shuffle, max_workers=args.workers,
+        overwrite=args.overwrite, **level,
     ) as writer:
         # the camera starts once the file is open, as in an acquisition (opening faults in
         # the writer's buffers: ~0.5 s for a 2048 x 2048 stack)
@@ -169,6 +282,16 @@ def _byte_size(text: str) -> int:
     return value
 
 
+def _check_level(args: argparse.Namespace) -> None:
+    """--level is the gzip level: refuse it with another codec rather than ignore it."""
+    if args.level is not None and args.compression != "gzip":
+        codec = "none" if args.compression is None else args.compression
+        args.command_parser.error(
+            f"--level sets the gzip level; --compression {codec} has no level (use --compression gzip, "
+            "or leave out --level)"
+        )
+
+
 def _cmd_convert(args: argparse.Namespace) -> int:
     import math
 
@@ -189,6 +312,10 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     from fastims.link import is_pattern
 
     tiles = is_pattern(args.input)
+    _check_level(args)
+    if args.overlap and not tiles:
+        args.command_parser.error("--overlap places the tiles of a tile pattern (e.g. 'raw/tile_{x}_{y}.tif'); "
+                                  f"{args.input!r} is a single input")
     # --workers: processes of a local cluster for tile patterns, else encoding threads
     threads = args.threads if args.threads is not None else (None if tiles else args.workers)
     cluster = {}
@@ -204,6 +331,10 @@ def _cmd_convert(args: argparse.Namespace) -> int:
              if v is not None}
     if args.overlap:
         extra["overlap"] = args.overlap
+    if args.allow_external_paths:
+        extra["allow_external_paths"] = True
+    # the library's messages name max_workers: the flag that set it
+    flags = {**_FLAGS["convert"], "max_workers": "--threads" if args.threads is not None else "--workers"}
     try:
         out = convert(
             args.input, args.output, compression=args.compression, compression_level=args.level,
@@ -213,7 +344,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     except _USER_ERRORS as exc:
         if bar is not None:
             bar.close()
-        return _report(exc)
+        return _report(exc, flags)
     except KeyboardInterrupt:
         if bar is not None:
             bar.close()
@@ -281,10 +412,11 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--channels", type=int, default=2)
     sim.add_argument("--timepoints", type=int, default=1)
     sim.add_argument("--compression", type=_compression, default="lz4", help="none, gzip or lz4 (default)")
-    sim.add_argument("--level", type=int, default=2, help="gzip level (default 2)")
+    sim.add_argument("--level", type=_gzip_level, default=None,
+                     help="gzip level 1-9 (default 2); only with --compression gzip (LZ4 has no level)")
     sim.add_argument("--shuffle", action="store_true", help="byte-shuffle before the codec")
-    sim.add_argument("--voxel-size", type=float, nargs=3, default=(1.0, 0.5, 0.5), metavar=("Z", "Y", "X"))
-    sim.add_argument("--workers", type=int, default=None, help="encoding threads (default: CPUs)")
+    sim.add_argument("--voxel-size", type=_length, nargs=3, default=(1.0, 0.5, 0.5), metavar=("Z", "Y", "X"))
+    sim.add_argument("--workers", type=_positive_int, default=None, help="encoding threads (default: CPUs)")
     sim.add_argument("--fps", type=_rate, default=None, help="pace frames like a camera at this rate")
     sim.add_argument("--camera-buffer", type=int, default=64, help="frames the camera can buffer (with --fps)")
     sim.add_argument("--bank", type=int, default=16, help="distinct synthetic frames per channel")
@@ -309,27 +441,31 @@ def build_parser() -> argparse.ArgumentParser:
                                     "(one output per file, then a linked file)")
     conv.add_argument("output", help="target: .ims (Imaris) or .xml/.h5 (BigDataViewer)")
     conv.add_argument("--compression", type=_compression, default="gzip", help="none, gzip (default) or lz4")
-    conv.add_argument("--level", type=int, default=None, help="gzip level (default 2)")
+    conv.add_argument("--level", type=_gzip_level, default=None,
+                      help="gzip level 1-9 (default 2); only with --compression gzip")
     conv.add_argument("--shuffle", action="store_true", help="byte-shuffle before the codec")
-    conv.add_argument("--workers", type=int, default=None,
+    conv.add_argument("--workers", type=_positive_int, default=None,
                       help="encoding threads (default: CPUs); with a tile pattern: worker processes of a "
                            "local dask cluster converting files in parallel")
-    conv.add_argument("--threads", type=int, default=None, help="encoding threads per file (default: CPUs, "
+    conv.add_argument("--threads", type=_positive_int, default=None, help="encoding threads per file (default: CPUs, "
                                                                   "shared among --workers)")
     conv.add_argument("--scheduler", default=None, metavar="ADDRESS",
                       help="tile patterns: convert on this dask scheduler (e.g. tcp://host:8786)")
-    conv.add_argument("--voxel-size", type=float, nargs=3, default=None, metavar=("Z", "Y", "X"),
+    conv.add_argument("--voxel-size", type=_length, nargs=3, default=None, metavar=("Z", "Y", "X"),
                       help="TIFF/.npy inputs: voxel size (overrides the file's metadata)")
     conv.add_argument("--unit", default=None, help="TIFF/.npy inputs: unit of --voxel-size (default um)")
     conv.add_argument("--channel-names", nargs="+", default=None, metavar="NAME",
                       help="TIFF/.npy inputs: one name per channel")
-    conv.add_argument("--origin", type=float, nargs=3, default=None, metavar=("Z", "Y", "X"),
+    conv.add_argument("--origin", type=_finite, nargs=3, default=None, metavar=("Z", "Y", "X"),
                       help="TIFF/.npy inputs: position of the first voxel's corner")
-    conv.add_argument("--overlap", type=float, default=0.0,
+    conv.add_argument("--overlap", type=_fraction, default=0.0,
                       help="tile patterns of TIFF/.npy tiles: overlap fraction of neighbouring grid tiles")
     conv.add_argument("--memory-limit", type=_byte_size, default=None, metavar="BYTES",
                       help="bytes in flight, e.g. 2GB or 512MiB (default: 1 GiB or a quarter of RAM)")
     conv.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    conv.add_argument("--allow-external-paths", action="store_true",
+                      help=".ims/BDV inputs: follow paths leaving the input's folder (a BDV <hdf5> that is "
+                           "absolute or ../data/d.h5, partitions, HDF5 external links)")
     conv.add_argument("--no-progress", action="store_true")
     conv.set_defaults(func=_cmd_convert)
 
@@ -345,7 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     link.add_argument("--pattern", default=None,
                       help="tile file names (default tile_x_{x:04d}_y_{y:04d}_z_{z:04d}_ch_{ch}.ims, or .xml for BDV)")
     for axis in "xyz":
-        link.add_argument(f"--{axis}-tiles", f"--{axis}_tiles", type=int, default=None, dest=f"{axis}_tiles",
+        link.add_argument(f"--{axis}-tiles", f"--{axis}_tiles", type=_positive_int, default=None, dest=f"{axis}_tiles",
                           help=f"tiles along {axis} (default: as many as the folder holds)")
     # dest differs from simulate's --channels count, which main() checks as an int
     link.add_argument("--channels", nargs="+", default=None, dest="channel_labels",
@@ -359,9 +495,12 @@ def build_parser() -> argparse.ArgumentParser:
     link.add_argument("--group-channels", action="store_true",
                       help="Imaris: one dataset per tile with all its channels (default: one per channel, as imaris-linker)")
     link.add_argument("--overwrite", action="store_true", help="replace an existing linked file")
+    link.add_argument("--allow-external-paths", action="store_true",
+                      help="read tiles whose data or links leave the tile's folder (e.g. a BDV <hdf5> "
+                           "of ../data/t.h5); the linked file's own links stay relative, inside --path")
     link.set_defaults(func=_cmd_link)
-    for command in sub.choices.values():  # option errors print the command's own usage
-        command.set_defaults(command_parser=command)
+    for name, command in sub.choices.items():  # option errors print the command's own usage
+        command.set_defaults(command_parser=command, flags=_FLAGS.get(name, {}))
     return parser
 
 
@@ -402,11 +541,12 @@ def _cmd_link(args: argparse.Namespace) -> int:
                     table = table / 255.0  # imaris-linker's CSV tables are 0-255
             result = link_ims(out, **kwargs, channel_colors=args.color, color_ranges=args.color_range,
                               color_table=table, split_channels=not args.group_channels,
-                              overwrite=args.overwrite)
+                              overwrite=args.overwrite, allow_external_paths=args.allow_external_paths)
         else:
-            result = link_bdv(out, **kwargs, overwrite=args.overwrite)
+            result = link_bdv(out, **kwargs, overwrite=args.overwrite,
+                              allow_external_paths=args.allow_external_paths)
     except _USER_ERRORS as exc:
-        return _report(exc)
+        return _report(exc, args.flags)
     print(f"linked -> {result}")
     return 0
 
@@ -423,10 +563,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.command_parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if getattr(args, "seed", 0) < 0:
         args.command_parser.error("--seed must be >= 0")
-    try:
-        return args.func(args)
-    except _USER_ERRORS as exc:
-        return _report(exc)
-    except KeyboardInterrupt:
-        print("fastims: interrupted", file=sys.stderr)
-        return 130
+    with warnings.catch_warnings():  # restores showwarning when main() returns (tests call it)
+        warnings.showwarning = _warning_printer(args.flags)  # type: ignore[assignment]
+        try:
+            return args.func(args)
+        except _USER_ERRORS as exc:
+            return _report(exc, args.flags)
+        except KeyboardInterrupt:
+            print("fastims: interrupted", file=sys.stderr)
+            return 130

@@ -89,6 +89,7 @@ def convert(
     client: Any = None,
     scheduler: str | None = None,
     workers: int | None = None,
+    allow_external_paths: bool = False,
 ) -> Path:
     """Convert an image to an Imaris or BigDataViewer dataset.
 
@@ -115,14 +116,21 @@ def convert(
       rule;
     * voxel size and unit (a BDV unit Imaris lacks, e.g. ``cm``, becomes the next smaller
       Imaris unit with the voxel size scaled, e.g. 1 cm -> 10 mm);
-    * channel names; Imaris channel colours, display ranges, image name, description and
-      time stamps for ``.ims`` -> ``.ims`` (BDV has no colours or time stamps);
+    * channel names (of a BDV source: :attr:`fastims.BdvReader.channel_names`, the channel
+      attribute's names when it has them); Imaris channel colours, display ranges, image
+      name, description and time stamps for ``.ims`` -> ``.ims`` (BDV has no colours or
+      time stamps);
     * affines: BDV -> BDV keeps each view's composed registration (written as one affine
       before the writer's calibration, so the composition is unchanged), and the setups'
-      attributes (illumination, channel, tile, angle; ids renumbered densely, names kept);
+      attributes (illumination, channel, tile, angle; ids renumbered densely, names kept,
+      an entity named only by its old id takes its new id);
       ``.ims`` -> BDV gets BigStitcher's calibration from the voxel size, plus a
       translation to ``ExtMin`` when the Imaris origin is not zero; BDV -> ``.ims`` takes
       the origin from a registration that is calibration plus translation.
+
+    Time points are carried in order but renumbered: BDV time-point ids become 0..T-1 in
+    the output (ids ``3..7`` of a BDV source are written as ``0..4``), as the BDV writer
+    numbers its time points from 0; a missing time-point id in between is not kept either.
 
     BDV -> ``.ims``: every view setup becomes a channel, so all setups must have the same
     size and data type (a :class:`ValueError` names the setups that differ); BDV missing
@@ -179,6 +187,11 @@ def convert(
     workers : int, optional
         Tile patterns: start a local ``dask.distributed.LocalCluster`` with this many worker
         processes.
+    allow_external_paths : bool, optional
+        ``.ims`` and BDV inputs: follow paths that leave the input's folder (a BDV
+        ``<hdf5>`` given as an absolute path or as ``../data/d.h5``, partition files, HDF5
+        external links); see :class:`fastims.BdvReader`. Off by default, so that a dataset
+        cannot make fastims read files outside its folder unasked.
 
     Returns
     -------
@@ -197,7 +210,8 @@ def convert(
     TypeError
         For a data type the target cannot store (e.g. int16).
     FormatError
-        If `src` is not a readable dataset (the message names the file).
+        If `src` is not a readable dataset (the message names the file), or points outside
+        its folder without `allow_external_paths`.
     ImportError
         For a TIFF input without ``tifffile``, or a cluster without ``distributed``.
 
@@ -212,7 +226,14 @@ def convert(
     """
     from fastims.link import is_pattern
 
+    if not isinstance(allow_external_paths, bool):
+        raise TypeError(f"allow_external_paths must be a bool, got {type(allow_external_paths).__name__}")
     if is_pattern(src):
+        if allow_external_paths:
+            # the tiles are checked (opened) by fastims.distributed before any conversion,
+            # which does not take the option yet
+            raise ValueError("allow_external_paths is not supported for tile patterns; convert "
+                             "the tiles one by one, then link them")
         from fastims.distributed import convert_tiles
 
         return convert_tiles(
@@ -234,6 +255,9 @@ def convert(
     source_options = _source_options(src_path, voxel_size=voxel_size, unit=unit,
                                       channel_names=channel_names, origin=origin,
                                       memory_limit=memory_limit)
+    if allow_external_paths and source_options is not None:
+        raise ValueError(f"allow_external_paths applies to .ims and BDV inputs; {src_path.name} is "
+                         "read as TIFF / .npy")
     target, finals = _outputs(dst)
     if compression not in _COMPRESSIONS:
         raise ValueError(f"compression must be one of {_COMPRESSIONS}, got {compression!r}")
@@ -278,7 +302,7 @@ def convert(
 
     temps = _temp_paths(target, finals)
     try:
-        with _open_input(src_path, source_options) as reader:
+        with _open_input(src_path, source_options, allow_external_paths=allow_external_paths) as reader:
             volumes, lost = _plan(reader, budget)
             if lost:
                 _report_lost(reader, lost, target)
@@ -290,11 +314,29 @@ def convert(
                 else:
                     _to_bdv(reader, volumes, temps[0], pump, options, dtype_mode)
         _publish(target, temps, finals)
-    except BaseException:
+    except BaseException as exc:
         for p in temps:
             _unlink(p)
+        reworded = _external_path_error(exc)
+        if reworded is not None:
+            raise reworded from exc
         raise
     return finals[0]
+
+
+#: how the readers say that a path leaves the dataset's folder (fastims.reader)
+_READER_HINT = "open with allow_external_paths=True"
+
+
+def _external_path_error(exc: BaseException) -> FormatError | None:
+    """`exc` in convert's words, when a reader refused a path outside the input's folder.
+
+    The readers advise opening with ``allow_external_paths=True``; the caller of
+    :func:`convert` passes that option to it instead.
+    """
+    if not isinstance(exc, FormatError) or _READER_HINT not in str(exc):
+        return None
+    return type(exc)(str(exc).replace(_READER_HINT, "pass allow_external_paths=True to convert()"))
 
 
 # ---------------------------------------------------------------------------------------
@@ -328,12 +370,15 @@ def _source_options(
     return {**given, "memory_limit": memory_limit}
 
 
-def _open_input(src: Path, source_options: dict[str, Any] | None) -> Any:
-    """A reader (.ims, BDV) or a :class:`fastims.sources.Source` (TIFF, .npy) for `src`."""
+def _open_input(src: Path, source_options: dict[str, Any] | None, *, allow_external_paths: bool = False) -> Any:
+    """A reader (.ims, BDV) or a :class:`fastims.sources.Source` (TIFF, .npy) for `src`.
+
+    `allow_external_paths` is passed to the .ims and BDV readers.
+    """
     if source_options is None:
         import fastims
 
-        reader = fastims.open(src)
+        reader = fastims.open(src, allow_external_paths=allow_external_paths)
         scenes = getattr(reader, "scenes", None) or []
         if len(scenes) > 1:  # a linked or multi-tile .ims: its other datasets are not converted
             warnings.warn(f"{src.name} holds {len(scenes)} datasets; converting the first ({scenes[0]})",
@@ -419,11 +464,21 @@ def _plan(reader: Any, budget: int) -> tuple[list[_Volume], dict[int, Exception]
 
 def _report_lost(reader: Any, lost: dict[int, Exception], target: str) -> None:
     """Setups without any data: an error for .ims (a channel would be empty), else a warning."""
-    names = reader.channel_names
-    text = "; ".join(f"setup {c} ({names[c]}): {exc.args[-1] if exc.args else exc}" for c, exc in lost.items())
+    text = "; ".join(f"setup {_setup_label(reader, c)}: {exc.args[-1] if exc.args else exc}" for c, exc in lost.items())
     if target == "ims" or len(lost) == reader.shape[1]:
         raise ValueError(f"{reader.path.name}: no data for {text}")
     warnings.warn(f"{reader.path.name}: setups without data are left out: {text}", UserWarning, stacklevel=3)
+
+
+def _setup_label(reader: Any, c: int) -> str:
+    """``"3 (ch1)"``: the id of the BDV setup at C index `c`, and its own name unless that is
+    the automatic ``"setup 3"`` (for messages; ``channel_names`` may be a channel's name)."""
+    ids = getattr(reader, "setup_ids", None)
+    if ids is None:  # not BDV: a channel index and name
+        name = reader.channel_names[c]
+        return f"{c} ({name})" if name else str(c)
+    sid, name = ids[c], reader.setups[c].name
+    return f"{sid} ({name})" if name and name != f"setup {sid}" else str(sid)
 
 
 class _Pump:
@@ -559,6 +614,27 @@ def _direct_codec(ds: Any, dtype: np.dtype) -> Any:
         return None
     # the level only matters for encoding; any deflate stream inflates
     return Codec(compression, level=1 if compression == "gzip" else 0, shuffle=shuffle, itemsize=disk.itemsize)
+
+
+def _new_writer(cls: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``cls(*args, **kwargs)``, its warnings re-issued at the caller of :func:`convert`.
+
+    The writers warn at their own caller (here, inside this module), e.g. that LZ4 is not
+    readable by Fiji; the user should see the line that called :func:`convert`.  Call
+    only from the ``_to_*`` functions that :func:`convert` calls (stack depth below).
+    """
+    # catch_warnings swaps the process-wide filters; it is held only while the writer opens
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        writer = cls(*args, **kwargs)
+    try:
+        for w in caught:
+            # 1 this function, 2 _to_ims/_to_bdv, 3 convert, 4 its caller
+            warnings.warn(w.message, w.category, stacklevel=4)
+    except BaseException as exc:  # warnings turned into errors: the writer must not stay open
+        _abandon(writer, exc)
+        raise
+    return writer
 
 
 def _abandon(writer: Any, exc: BaseException) -> None:
@@ -718,11 +794,9 @@ def _to_ims(reader: Any, volumes: list[_Volume], path: Path, pump: _Pump, option
         geometry.setdefault(v.c, (v.shape, v.dtype))
     first = geometry[0]
     if any(g != first for g in geometry.values()):
-        names = reader.channel_names
         groups: dict[tuple[Any, ...], list[str]] = {}
         for c, (shape, dtype) in geometry.items():
-            label = f"{c} ({names[c]})" if names[c] != f"setup {c}" else str(c)
-            groups.setdefault((shape, str(dtype)), []).append(label)
+            groups.setdefault((shape, str(dtype)), []).append(_setup_label(reader, c))
         text = "; ".join(
             f"setup{'s' if len(who) > 1 else ''} {', '.join(who)}: (Z, Y, X) {shape} {dtype}"
             for (shape, dtype), who in groups.items()
@@ -759,8 +833,8 @@ def _to_ims(reader: Any, volumes: list[_Volume], path: Path, pump: _Pump, option
             f"{src.name}: views without data (BDV MissingViews) become zero volumes in the .ims: "
             + ", ".join(f"t={t} c={c}" for t, c in missing), UserWarning, stacklevel=3,
         )
-    writer = ImsWriter(
-        path, shape=(nt, nc, *shape), dtype=dtype, voxel_size=voxel, unit=unit,
+    writer = _new_writer(
+        ImsWriter, path, shape=(nt, nc, *shape), dtype=dtype, voxel_size=voxel, unit=unit,
         channel_names=[_ascii(n) for n in reader.channel_names], timepoints=_timepoints(reader),
         **extras, **options,
     )
@@ -839,7 +913,7 @@ def _bdv_layout(reader: Any) -> tuple[dict[str, int], dict[str, list[str]], list
     keys = [{k: dense[k][s.attributes.get(k, 0)] for k in _BDV_KINDS} for s in src_setups]
     if len({tuple(k.values()) for k in keys}) == len(keys):
         counts = {k: len(dense[k]) for k in _BDV_KINDS}
-        labels = {k: [_entity_name(values, k, i) for i in dense[k]] for k in _BDV_KINDS}
+        labels = {k: [_entity_name(values, k, i, n) for i, n in dense[k].items()] for k in _BDV_KINDS}
         tiles = values.get("tile", {})
     else:
         # attributes do not tell the setups apart (or use kinds the writer lacks): one channel each
@@ -867,10 +941,15 @@ def _channel_keys(c: int) -> dict[str, int]:
     return {**dict.fromkeys(_BDV_KINDS, 0), "channel": c}
 
 
-def _entity_name(values: dict[str, dict[int, Any]], kind: str, eid: int) -> str:
-    """The name of attribute entity `eid` of `kind` (its id when it has none)."""
+def _entity_name(values: dict[str, dict[int, Any]], kind: str, eid: int, new_id: int) -> str:
+    """The name of attribute entity `eid` of `kind`, renumbered `new_id`.
+
+    An entity without a name, or named by its id (``<id>1</id><name>1</name>``, the unnamed
+    convention), is named by its new id, so that it stays unnamed for readers.
+    """
     entity = values.get(kind, {}).get(eid)
-    return (entity.name if entity is not None else None) or str(eid)
+    name = (entity.name or "").strip() if entity is not None else ""
+    return name if name and name != str(eid) else str(new_id)
 
 
 def _to_bdv(
@@ -901,8 +980,8 @@ def _to_bdv(
     smallest = _smallest_voxel([(setups[c].voxel_size, setups[c].unit) for c in sorted(present_setups)])
     affines = _view_affines(reader, volumes, setups, smallest)
 
-    writer = BdvWriter(
-        path, ntimepoints=nt, nilluminations=counts["illumination"], nchannels=counts["channel"],
+    writer = _new_writer(
+        BdvWriter, path, ntimepoints=nt, nilluminations=counts["illumination"], nchannels=counts["channel"],
         ntiles=counts["tile"], nangles=counts["angle"], dtype_mode=dtype_mode, **options,
     )
     try:
@@ -1029,8 +1108,9 @@ class _CallableModule(types.ModuleType):
     so a function of the same name could not stay there); calling it converts.
     """
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return convert(*args, **kwargs)
+    # a static method adds no frame between the caller and convert, so warnings issued
+    # for "the caller of convert" point at the caller's line
+    __call__ = staticmethod(convert)
 
 
 sys.modules[__name__].__class__ = _CallableModule

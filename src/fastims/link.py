@@ -511,7 +511,17 @@ class _ImsDataset:
     volumes: dict[tuple[int, int], tuple[_ImsTile, int, int, int]] = field(default_factory=dict)
 
 
-def _read_ims_tile(source: LinkSource, folder: Path) -> _ImsTile:
+#: how the readers say that a path leaves the dataset's folder (fastims.reader)
+_READER_HINT = "open with allow_external_paths=True"
+
+
+def _tile_error(path: Path, exc: FormatError, func: str) -> FormatError:
+    """A tile's read error naming the tile, and `func`'s option where the reader names its own."""
+    text = str(exc).replace(_READER_HINT, f"pass allow_external_paths=True to {func}()")
+    return FormatError(f"tile {path}: {text}")
+
+
+def _read_ims_tile(source: LinkSource, folder: Path, *, allow_external_paths: bool = False) -> _ImsTile:
     from fastims.ims.reader import ImsReader
 
     path = source.path
@@ -519,9 +529,9 @@ def _read_ims_tile(source: LinkSource, folder: Path) -> _ImsTile:
         raise FileNotFoundError(errno.ENOENT, "tile not found", str(path))
     rel = _relative(path, folder, "tile")
     try:
-        reader = ImsReader(path)
+        reader = ImsReader(path, allow_external_paths=allow_external_paths)
     except FormatError as exc:
-        raise FormatError(f"tile {path}: {exc}") from exc
+        raise _tile_error(path, exc, "link_ims") from exc
     with reader:
         if reader.scenes and len(reader.scenes) > 1:
             warnings.warn(f"{path.name} holds {len(reader.scenes)} datasets; linking the first",
@@ -578,6 +588,7 @@ def link_ims(
     split_channels: bool = True,
     voxel_rtol: float = _RTOL,
     overwrite: bool = False,
+    allow_external_paths: bool = False,
 ) -> Path:
     """Link Imaris tiles into one multi-dataset ``.ims`` (imaris-linker's layout).
 
@@ -613,6 +624,10 @@ def link_ims(
         (~5e-4 for tiles tens of millimetres from the stage origin).
     overwrite : bool
         Replace an existing `path`.
+    allow_external_paths : bool
+        Read tiles whose own HDF5 external links leave the tile's folder (see
+        :class:`fastims.ImsReader`). The links written into `path` are always relative and
+        inside its folder.
 
     Returns
     -------
@@ -630,7 +645,8 @@ def link_ims(
         place, a dataset lacks a channel or time point, a tile is outside the folder of
         `path`, or the colours do not match the number of channels.
     FormatError
-        If a tile is not a readable Imaris file.
+        If a tile is not a readable Imaris file, or links outside its folder without
+        `allow_external_paths`.
 
     Examples
     --------
@@ -659,7 +675,7 @@ def link_ims(
     _check_out(out, overwrite, entries)
     folder_out = out.parent
 
-    tiles = [_read_ims_tile(e, folder_out) for e in entries]
+    tiles = [_read_ims_tile(e, folder_out, allow_external_paths=allow_external_paths) for e in entries]
     first = tiles[0].geometry
     for tile in tiles[1:]:
         first.check(tile.geometry, voxel_rtol)
@@ -867,6 +883,7 @@ def link_bdv(
     channels: Sequence[Any] | None = None,
     voxel_rtol: float = _RTOL,
     overwrite: bool = False,
+    allow_external_paths: bool = False,
 ) -> Path:
     """Link BigDataViewer tiles (``.xml`` + ``.h5`` each) into one master ``.xml`` + ``.h5``.
 
@@ -894,6 +911,11 @@ def link_bdv(
         Relative difference of voxel sizes below which tiles count as alike (default 1e-6).
     overwrite : bool
         Replace an existing master.
+    allow_external_paths : bool
+        Read tiles whose XML names an ``.h5`` outside the XML's folder (``<hdf5>`` given as
+        an absolute path or as ``../data/t.h5``; see :class:`fastims.BdvReader`). The data
+        files must still lie in the master's folder or below: the master links them by
+        relative paths.
 
     Returns
     -------
@@ -904,7 +926,8 @@ def link_bdv(
     ------
     FileNotFoundError, FileExistsError, ValueError, FormatError
         As :func:`link_ims` (missing or mismatched tiles, two tiles for one view, tiles
-        outside the master's folder, unreadable tiles).
+        outside the master's folder, unreadable tiles, tiles whose data lie outside their
+        XML's folder without `allow_external_paths`).
     """
     import h5py
 
@@ -940,9 +963,9 @@ def link_bdv(
             raise FileNotFoundError(errno.ENOENT, "tile not found", str(entry.path))
         _relative(entry.path, folder_out, "tile")
         try:
-            reader = BdvReader(entry.path)
+            reader = BdvReader(entry.path, allow_external_paths=allow_external_paths)
         except FormatError as exc:
-            raise FormatError(f"tile {entry.path}: {exc}") from exc
+            raise _tile_error(entry.path, exc, "link_bdv") from exc
         with reader:
             part_rel = _relative(_bdv_file(reader), folder_out, "tile data file")
             src_setups = reader.setups
@@ -989,8 +1012,11 @@ def link_bdv(
                     elif kind == "channel" and entry.channel_name is not None and len(dense["channel"]) == 1:
                         name = entry.channel_name
                     else:
-                        ent = values.get(kind, {}).get(s.attributes.get(kind, 0))
-                        name = ent.name if ent is not None and ent.name else None
+                        src_id = s.attributes.get(kind, 0)
+                        ent = values.get(kind, {}).get(src_id)
+                        name = ent.name.strip() if ent is not None and ent.name else None
+                        if name == str(src_id):  # named by its id: unnamed, named by its new id
+                            name = None
                     labels[kind].setdefault(gid, name or str(gid))
                 for ti, tp in enumerate(reader.timepoint_ids):
                     if (tp, s.id) in reader.missing_views:
@@ -1008,6 +1034,8 @@ def link_bdv(
                             ds, _ = reader._get_dataset(level, ti, c)
                         except KeyError:
                             continue  # absent view: MissingViews
+                        except FormatError as exc:  # e.g. an external link leaving the tile's folder
+                            raise _tile_error(entry.path, exc, "link_bdv") from exc
                         cells.append((_relative(Path(ds.file.filename), folder_out, "tile data file"), ds.name))
                     if not cells:
                         continue

@@ -678,3 +678,50 @@ def test_view_larger_than_its_setup(tmp_path: Path) -> None:
         np.testing.assert_array_equal(r.asarray(t=0), data[(0,)])
         with pytest.raises(FormatError, match=r"t00001/s00/0/cells has shape \(3, 10, 20\), unlike"):
             r.asarray(t=1)
+
+
+# ---------------------------------------------------------------------------
+# channel names
+# ---------------------------------------------------------------------------
+
+
+def test_channel_names_come_from_the_channel_attribute(tmp_path: Path) -> None:
+    vol = np.zeros((2, 8, 8), np.uint16)
+    # labels set with the writer API; the setups keep the writer's automatic names
+    with fastims.BdvWriter(tmp_path / "c.xml", nchannels=2) as w:
+        w.set_attribute_labels("channel", ["GFP", "mCherry"])
+        for c in range(2):
+            w.write_view(vol + c, channel=c)
+    with BdvReader(tmp_path / "c.xml") as r:
+        assert [s.name for s in r.setups] == ["setup 0", "setup 1"]
+        assert {i: v.name for i, v in r.attribute_values["channel"].items()} == {0: "GFP", 1: "mCherry"}
+        assert r.channel_names == ["GFP", "mCherry"]
+    # channels named by their ids carry no name: the setups' names remain
+    with fastims.BdvWriter(tmp_path / "u.xml", nchannels=2) as w:
+        for c in range(2):
+            w.write_view(vol + c, channel=c, name=f"cam{c}")
+    with BdvReader(tmp_path / "u.xml") as r:
+        assert {i: v.name for i, v in r.attribute_values["channel"].items()} == {0: "0", 1: "1"}
+        assert r.channel_names == ["cam0", "cam1"]
+    with fastims.BdvWriter(tmp_path / "n.xml", nchannels=2) as w:
+        for c in range(2):
+            w.write_view(vol + c, channel=c)
+    with BdvReader(tmp_path / "n.xml") as r:
+        assert r.channel_names == ["setup 0", "setup 1"]
+    # the bare .h5 has no attributes
+    with BdvReader(tmp_path / "c.h5") as r:
+        assert r.channel_names == ["setup 0", "setup 1"]
+
+
+def test_channel_names_shared_by_tiles_stay_distinct(tmp_path: Path) -> None:
+    vol = np.zeros((2, 8, 8), np.uint16)
+    with fastims.BdvWriter(tmp_path / "t.xml", nchannels=2, ntiles=2) as w:
+        w.set_attribute_labels("channel", ["GFP", "mCherry"])
+        for c in range(2):
+            for tile in range(2):
+                w.write_view(vol, channel=c, tile=tile)
+    with BdvReader(tmp_path / "t.xml") as r:
+        by_setup = {s.id: (s.attributes["channel"], s.attributes["tile"]) for s in r.setups}
+        expected = [f"{['GFP', 'mCherry'][by_setup[sid][0]]} (setup {sid})" for sid in r.setup_ids]
+        assert r.channel_names == expected
+        assert len(set(r.channel_names)) == 4
