@@ -539,10 +539,19 @@ def test_convert_follows_external_paths_when_allowed(tmp_path, external_bdv):
     np.save(tmp_path / "a.npy", vol)
     with pytest.raises(ValueError, match="allow_external_paths applies to .ims and BDV inputs"):
         convert(tmp_path / "a.npy", tmp_path / "a.ims", allow_external_paths=True)
-    with pytest.raises(ValueError, match="not supported for tile patterns"):
-        convert(str(tmp_path / "xml" / "{name}.xml"), tmp_path / "p.ims", allow_external_paths=True)
     with pytest.raises(TypeError, match="allow_external_paths must be a bool"):
         convert(xmls[0], tmp_path / "b.ims", allow_external_paths="yes")
+    # a tile pattern: every tile is checked, then converted, with the option
+    for c, xml in enumerate(xmls):
+        xml.rename(xml.with_name(f"ch_{c}.xml"))
+    pattern = str(tmp_path / "xml" / "ch_{ch}.xml")
+    with pytest.raises(fastims.FormatError, match=r"pass allow_external_paths=True to convert\(\)"):
+        convert(pattern, tmp_path / "p.xml")
+    out = convert(pattern, tmp_path / "p.xml", allow_external_paths=True)
+    with fastims.open(out) as r:
+        assert r.shape[1] == 2
+        for c in range(2):
+            np.testing.assert_array_equal(r.asarray(c=c), vol)
 
 
 def test_cli_convert_allow_external_paths(tmp_path, external_bdv, capsys):

@@ -229,20 +229,21 @@ def convert(
     if not isinstance(allow_external_paths, bool):
         raise TypeError(f"allow_external_paths must be a bool, got {type(allow_external_paths).__name__}")
     if is_pattern(src):
-        if allow_external_paths:
-            # the tiles are checked (opened) by fastims.distributed before any conversion,
-            # which does not take the option yet
-            raise ValueError("allow_external_paths is not supported for tile patterns; convert "
-                             "the tiles one by one, then link them")
         from fastims.distributed import convert_tiles
 
-        return convert_tiles(
-            src, dst, compression=compression, compression_level=compression_level, shuffle=shuffle,
-            dtype_mode=dtype_mode, max_workers=max_workers, memory_limit=memory_limit,
-            overwrite=overwrite, progress=progress, voxel_size=voxel_size, unit=unit,
-            channel_names=channel_names, origin=origin, overlap=overlap, client=client,
-            scheduler=scheduler, workers=workers,
-        )
+        try:
+            return convert_tiles(
+                src, dst, compression=compression, compression_level=compression_level, shuffle=shuffle,
+                dtype_mode=dtype_mode, max_workers=max_workers, memory_limit=memory_limit,
+                overwrite=overwrite, progress=progress, voxel_size=voxel_size, unit=unit,
+                channel_names=channel_names, origin=origin, overlap=overlap, client=client,
+                scheduler=scheduler, workers=workers, allow_external_paths=allow_external_paths,
+            )
+        except FormatError as exc:  # a tile checked before any conversion
+            reworded = _external_path_error(exc)
+            if reworded is not None:
+                raise reworded from exc
+            raise
     if client is not None or scheduler is not None or workers is not None:
         raise ValueError(
             "client, scheduler and workers spread tiles over a cluster; give src as a tile "

@@ -145,6 +145,7 @@ def convert_tiles(
     channel_names: Sequence[str] | None = None,
     origin: Sequence[float] | None = None,
     memory_limit: int | None = None,
+    allow_external_paths: bool = False,
     max_workers: int | None = None,
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
@@ -169,6 +170,9 @@ def convert_tiles(
         grid overlap (their positions: grid index x extent x (1 - overlap)).
     voxel_size, unit, channel_names, origin
         For TIFF / ``.npy`` tiles (`channel_names`: one per channel of the linked dataset).
+    allow_external_paths : bool
+        For .ims and BDV tiles: follow data and links that leave a tile's folder (checked
+        here and passed to each tile's conversion).
     memory_limit, max_workers, overwrite, progress, **options
         As for :func:`~fastims.convert.convert`, per tile. `max_workers` defaults, on a
         ``LocalCluster``, to the CPUs divided among the workers.
@@ -215,7 +219,8 @@ def convert_tiles(
     for entry, out in zip(entries, tile_paths):
         base = _source_options(entry.path, voxel_size=voxel_size, unit=unit, channel_names=None,
                                origin=origin, memory_limit=memory_limit)
-        with _open_input(entry.path, base) as reader:
+        external = allow_external_paths and base is None  # TIFF / .npy tiles have no links
+        with _open_input(entry.path, base, allow_external_paths=external) as reader:
             shape, dtype = tuple(reader.shape), reader.dtype
             vox, vunit = tuple(reader.voxel_size), reader.unit
             tile_origin = getattr(reader, "origin", None)
@@ -240,6 +245,8 @@ def convert_tiles(
                 task_options["channel_names"] = [entry.channel_name]
         elif overlap:
             logger.info("%s keeps its own position; overlap applies to TIFF and .npy tiles", entry.path.name)
+        if external:
+            task_options["allow_external_paths"] = True
         tasks.append((str(entry.path), str(out), task_options))
 
     token = secrets.token_hex(4)
