@@ -431,9 +431,11 @@ class Stream:
         on_done: Callable[[Stream], None] | None,
         observers: Mapping[int, Callable[[int, np.ndarray, int], None]] | None = None,
         on_level_done: Callable[[Stream, int], None] | None = None,
+        label: str | None = None,
     ) -> None:
         self.engine = engine
         self.key = key
+        self.label = label if label is not None else f"stream {key}"  # names it in errors
         self.dtype = np.dtype(dtype)
         self.codec = codec
         self.rule = rule
@@ -846,6 +848,7 @@ class Engine:
         on_done: Callable[[Stream], None] | None = None,
         observers: Mapping[int, Callable[[int, np.ndarray, int], None]] | None = None,
         on_level_done: Callable[[Stream, int], None] | None = None,
+        label: str | None = None,
     ) -> Stream:
         """Describe one image and its pyramid.
 
@@ -864,6 +867,9 @@ class Engine:
         `on_done(stream)` once every level is (another worker may still be inside its
         `on_level_done` call then). Writers that store per-level results as levels finish keep
         them off the end of the stream, where nothing else would overlap them.
+
+        `label` names the image in errors in the writer's terms (e.g. ``"t=0 c=1"``; default
+        ``"stream {key}"``).
         """
         for li in observers or {}:
             if not 0 <= li < len(levels):
@@ -886,7 +892,7 @@ class Engine:
                 raise ValueError(f"level {spec.source} chunk depth {src.chunks[0]} is not a multiple of the z factor {fz} of level {i}")
         stream = Stream(self, key, dtype=np.dtype(dtype), levels=levels, datasets=datasets, codec=codec,
                         rule=rule, histograms=histograms, on_done=on_done, observers=observers,
-                        on_level_done=on_level_done)
+                        on_level_done=on_level_done, label=label)
         self._grow_limit(stream)
         return stream
 
@@ -1001,7 +1007,7 @@ class Engine:
             with stream.lock:
                 if stream.written[z:end].any():
                     twice = (np.flatnonzero(stream.written[z:end]) + z).tolist()
-                    raise WriterStateError(f"stream {stream.key}: plane(s) {twice} written twice")
+                    raise WriterStateError(f"{stream.label}: plane(s) z={twice} written twice")
                 # reserve the planes now, so concurrent callers cannot both pass the check
                 stream.written[z:end] = True
                 slab = stream._slab(0, index)

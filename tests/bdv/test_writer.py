@@ -534,7 +534,7 @@ def test_bad_calls(tmp_path, rng):
         with pytest.raises(IndexError, match="time"):
             w.write_plane(np.zeros((8, 8), np.uint16), z=0, time=1)
         w.write_plane(np.zeros((8, 8), np.uint16), z=0)
-        with pytest.raises(WriterStateError, match="written twice"):
+        with pytest.raises(WriterStateError, match=r"timepoint 0 setup 0: plane\(s\) z=\[0\] written twice"):
             w.write_plane(np.zeros((8, 8), np.uint16), z=0)
         with pytest.raises(ValueError, match="labels"):
             w.set_attribute_labels("channel", ["only one"])

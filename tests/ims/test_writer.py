@@ -318,7 +318,7 @@ def test_errors(tmp_path):
         with pytest.raises(TypeError, match=f"integer plane index, got {z!r}"):
             w.write_plane(np.zeros((8, 8), np.uint16), z=z)
     w.write_plane(np.ones((8, 8), np.uint16), z=1)
-    with pytest.raises(WriterStateError, match="twice"):
+    with pytest.raises(WriterStateError, match=r"t=0 c=0: plane\(s\) z=\[1\] written twice"):
         w.write_plane(np.ones((8, 8), np.uint16), z=1)
     with pytest.warns(UserWarning, match="zero-filled"):
         w.close()

@@ -560,6 +560,7 @@ class _ViewStreamer(EngineWriter):
                     (view.time, setup.id), dtype=setup.stream_dtype, levels=specs, datasets=refs,
                     codec=setup.codec, rule="bdv", histograms=False,
                     on_done=lambda _stream, view=view, refs=refs: self._stream_done(view, refs),
+                    label=f"{self._label.name} timepoint {view.time} setup {setup.id}",
                 )
             return view.stream
 

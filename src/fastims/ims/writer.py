@@ -340,6 +340,7 @@ class ImsWriter(EngineWriter):
                     (t, c), dtype=self.dtype, levels=self._specs, datasets=refs, codec=self.codec,
                     rule="imaris", histograms=True, on_level_done=self._level_done,
                     observers={self._thumb_level: self._thumb[c].add} if t == 0 else None,
+                    label=f"{self.path.name} t={t} c={c}",
                 )
                 self._streams[(t, c)] = stream
         return stream
