@@ -325,19 +325,17 @@ def convert(
     return finals[0]
 
 
-#: how the readers say that a path leaves the dataset's folder (fastims.reader)
-_READER_HINT = "open with allow_external_paths=True"
-
-
 def _external_path_error(exc: BaseException) -> FormatError | None:
     """`exc` in convert's words, when a reader refused a path outside the input's folder.
 
     The readers advise opening with ``allow_external_paths=True``; the caller of
     :func:`convert` passes that option to it instead.
     """
-    if not isinstance(exc, FormatError) or _READER_HINT not in str(exc):
+    from fastims.reader import EXTERNAL_PATH_ADVICE, external_path_advice
+
+    if not isinstance(exc, FormatError) or EXTERNAL_PATH_ADVICE not in str(exc):
         return None
-    return type(exc)(str(exc).replace(_READER_HINT, "pass allow_external_paths=True to convert()"))
+    return type(exc)(external_path_advice(str(exc), "convert"))
 
 
 # ---------------------------------------------------------------------------------------

@@ -511,14 +511,11 @@ class _ImsDataset:
     volumes: dict[tuple[int, int], tuple[_ImsTile, int, int, int]] = field(default_factory=dict)
 
 
-#: how the readers say that a path leaves the dataset's folder (fastims.reader)
-_READER_HINT = "open with allow_external_paths=True"
-
-
 def _tile_error(path: Path, exc: FormatError, func: str) -> FormatError:
     """A tile's read error naming the tile, and `func`'s option where the reader names its own."""
-    text = str(exc).replace(_READER_HINT, f"pass allow_external_paths=True to {func}()")
-    return FormatError(f"tile {path}: {text}")
+    from fastims.reader import external_path_advice
+
+    return FormatError(f"tile {path}: {external_path_advice(str(exc), func)}")
 
 
 def _read_ims_tile(source: LinkSource, folder: Path, *, allow_external_paths: bool = False) -> _ImsTile:

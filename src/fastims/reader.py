@@ -112,6 +112,16 @@ class ImageLayout:
         return type(err)(*err.args)
 
 
+#: the advice in a refusal of a path outside the dataset folder; functions that take the
+#: option themselves (convert, link_ims, link_bdv) reword it with :func:`external_path_advice`
+EXTERNAL_PATH_ADVICE = "open with allow_external_paths=True"
+
+
+def external_path_advice(text: str, func: str) -> str:
+    """`text` with the readers' advice replaced by passing the option to `func`."""
+    return text.replace(EXTERNAL_PATH_ADVICE, f"pass allow_external_paths=True to {func}()")
+
+
 class _H5Mixin:
     """HDF5 file opening and link following with the dataset-folder policy.
 
@@ -133,7 +143,7 @@ class _H5Mixin:
             if os.path.commonpath([root, str(norm)]) != root:
                 raise FormatError(
                     f"{self._path.name}: {what} {os.fspath(target)!r} points outside the "
-                    f"dataset folder {root}; open with allow_external_paths=True to follow it"
+                    f"dataset folder {root}; {EXTERNAL_PATH_ADVICE} to follow it"
                 )
         return norm
 
