@@ -249,9 +249,9 @@ def auto_color_range(hist: np.ndarray, hmin: float, hmax: float) -> tuple[float,
                 high = i
                 break
 
-    vmin, vmax = _range_float32(lo, hi, size, first_mode, high)
+    vmin, vmax = _range_steps(lo, hi, size, first_mode, high, np.float32)
     if not (math.isfinite(vmin) and math.isfinite(vmax)):
-        vmin, vmax = _range_float64(float(lo), float(hi), size, first_mode, high)
+        vmin, vmax = _range_steps(lo, hi, size, first_mode, high, np.float64)
     imaris = (vmin, float(_f32(math.trunc(vmax))))  # static_cast<bpInt32>, without the wrap
     if _written_valid(*imaris):
         return imaris
@@ -263,29 +263,20 @@ def auto_color_range(hist: np.ndarray, hmin: float, hmax: float) -> tuple[float,
     return float(_f32(vmin - width)), vmin
 
 
-def _range_float32(
-    lo: np.float32, hi: np.float32, size: int, first_mode: int, high: int
-) -> tuple[float, float]:
-    """Steps 3-5 in float32, as ImarisWriter (inf or NaN when a step overflows)."""
-    nbins = _f32(size)
+def _range_steps(lo: float, hi: float, size: int, first_mode: int, high: int, ft: type) -> tuple[float, float]:
+    """Steps 3-5 in `ft` (``np.float32`` or ``np.float64``), rounded to float32.
+
+    In float32, as ImarisWriter, a step may overflow to inf or NaN (the caller checks); in
+    float64 none does for finite float32 `lo`, `hi`, and the monotonic rounding keeps
+    ``vmin <= vmax <= hi``.
+    """
+    lo, hi = ft(lo), ft(hi)
     with np.errstate(over="ignore", invalid="ignore"):
         span = hi - lo
-        vmin = lo + span * _f32(first_mode) / nbins
-        vmax = lo + span * _f32(high) / nbins
-        vmax = vmax + (vmax - vmin) * _f32(0.2)
-    vmax = min(vmax, hi)  # as std::min(vmax, hi): a NaN stays NaN (the caller checks)
-    return float(vmin), float(vmax)
-
-
-def _range_float64(lo: float, hi: float, size: int, first_mode: int, high: int) -> tuple[float, float]:
-    """Steps 3-5 in float64, rounded to float32: no overflow for finite float32 `lo`, `hi`.
-
-    Rounding keeps ``vmin <= vmax <= hi <= FLT_MAX`` (it is monotonic).
-    """
-    span = hi - lo
-    vmin = lo + span * first_mode / size
-    vmax = lo + span * high / size
-    vmax = min(vmax + (vmax - vmin) * 0.2, hi)
+        vmin = lo + span * ft(first_mode) / ft(size)
+        vmax = lo + span * ft(high) / ft(size)
+        vmax = vmax + (vmax - vmin) * ft(0.2)
+    vmax = min(vmax, hi)  # as std::min(vmax, hi): a NaN stays NaN
     return float(_f32(vmin)), float(_f32(vmax))
 
 
