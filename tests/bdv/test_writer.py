@@ -280,6 +280,13 @@ def test_write_bdv_mapping_and_timepoints(tmp_path, rng):
         write_bdv(tmp_path / "f.h5", {(0,) * 6: views[(0, 0, 0)]})
     with pytest.raises(TypeError, match="from data"):
         write_bdv(tmp_path / "f.h5", views[(0, 0, 0)], shape=(2, 8, 8))
+    # a misspelt option is named in write_bdv's terms, with the option meant
+    with pytest.raises(TypeError, match=r"write_bdv\(\) got an unexpected keyword argument 'overwite'; "
+                                        r"did you mean 'overwrite'\?"):
+        write_bdv(tmp_path / "f.h5", views[(0, 0, 0)], overwite=True)
+    with pytest.raises(TypeError, match="'voxelsize'; did you mean 'voxel_size'"):
+        write_bdv(tmp_path / "f.h5", views[(0, 0, 0)], voxelsize=(1, 1, 1))
+    assert not (tmp_path / "f.h5").exists()
 
 
 def test_partitions_per_timepoint_are_linked_from_the_master(tmp_path, rng):

@@ -29,6 +29,8 @@ convention and the SpimData XML (format facts with sources: ``shared/spec/bdv.md
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import logging
 import math
 import os
@@ -1063,6 +1065,7 @@ def write_bdv(path: str | os.PathLike, data: Any, **options: Any) -> None:
     for bad in ("shape", "dtype", *_VIEW_KEYS):
         if bad in view_opts:
             raise TypeError(f"write_bdv takes {bad} from data; do not pass {bad}=")
+    _check_view_options(view_opts)
     for i, kind in enumerate(_VIEW_KEYS):
         count = "ntimepoints" if kind == "time" else f"n{kind}s"
         writer_opts.setdefault(count, max(k[i] for k in views) + 1)
@@ -1080,6 +1083,16 @@ def write_bdv(path: str | os.PathLike, data: Any, **options: Any) -> None:
             p.unlink(missing_ok=True)
         raise
     w.close()
+
+
+def _check_view_options(view_opts: Mapping[str, Any]) -> None:
+    """Refuse an option neither BdvWriter nor add_view takes, before any file is created
+    (the TypeError would otherwise name a private method, after the .h5 was begun)."""
+    view_params = set(inspect.signature(BdvWriter.add_view).parameters) - {"self", "shape", "dtype", *_VIEW_KEYS}
+    for name in sorted(set(view_opts) - view_params):
+        close = difflib.get_close_matches(name, sorted(_WRITER_OPTIONS | view_params), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise TypeError(f"write_bdv() got an unexpected keyword argument {name!r}{hint}")
 
 
 def _view_key(key: Any) -> tuple[int, ...]:
