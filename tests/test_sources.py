@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -56,8 +57,16 @@ def test_npy_errors(tmp_path):
     with pytest.raises(ValueError, match="1-D array"):
         open_source(tmp_path / "one.npy")
     (tmp_path / "bad.npy").write_bytes(b"nonsense")
-    with pytest.raises(fastims.FormatError, match="bad.npy"):
+    with pytest.raises(fastims.FormatError, match="bad.npy is not a .npy file: it does not start with NumPy's magic"):
         open_source(tmp_path / "bad.npy")
+    np.savez(tmp_path / "z.npz", a=np.zeros((2, 4, 4)))
+    os.replace(tmp_path / "z.npz", tmp_path / "z.npy")
+    with pytest.raises(fastims.FormatError, match="z.npy is a .npz archive"):
+        open_source(tmp_path / "z.npy")
+    np.save(tmp_path / "cut.npy", np.zeros((4, 64, 64), np.uint16))
+    (tmp_path / "cut.npy").write_bytes((tmp_path / "cut.npy").read_bytes()[:5000])
+    with pytest.raises(fastims.FormatError, match="cut.npy is not a readable .npy file"):
+        open_source(tmp_path / "cut.npy")
     np.save(tmp_path / "c.npy", np.zeros((2, 3, 4, 4), np.uint8))
     with pytest.raises(ValueError, match="has 2 channels, but 3 channel names"):
         open_source(tmp_path / "c.npy", channel_names=["a", "b", "c"])

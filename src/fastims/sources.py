@@ -308,6 +308,20 @@ class Source:
 # ---------------------------------------------------------------------------------------
 
 
+def _check_npy_magic(path: Path) -> None:
+    """Name what a file that is not a .npy is (np.load would blame pickled data)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(6)
+    except OSError as exc:
+        raise FormatError(f"{path} is not a readable .npy file ({exc})") from exc
+    if head == b"\x93NUMPY":
+        return
+    if head.startswith(b"PK\x03\x04"):
+        raise FormatError(f"{path} is a .npz archive, not a .npy file: save one array with numpy.save")
+    raise FormatError(f"{path} is not a .npy file: it does not start with NumPy's magic string")
+
+
 class NpySource(Source):
     """A ``.npy`` array, memory-mapped: ``YX``, ``ZYX``, ``CZYX`` or ``TCZYX``.
 
@@ -316,6 +330,7 @@ class NpySource(Source):
 
     def __init__(self, path: str | os.PathLike[str], **kwargs: Any) -> None:
         super().__init__(path, **kwargs)
+        _check_npy_magic(self._path)
         try:
             arr = np.load(self._path, mmap_mode="r", allow_pickle=False)
         except (ValueError, OSError, EOFError) as exc:
