@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import h5py
@@ -367,6 +368,16 @@ def test_link_bdv_positions_and_other_writers(tmp_path, rng):
             np.testing.assert_array_equal(r.asarray(tile=i), stacks[i])
             np.testing.assert_allclose(r.affine(0, i)[:, 3], (0, 24.0 * i, 0))
         assert r.attribute_values["tile"][1].extra["location"] == "0.0 12.0 0.0"
+    # one tile keeps npy2bdv's identity registration (world unit: its anisotropic voxel), the
+    # other is calibrated on the smallest voxel: the master would misplace one of them
+    with pytest.warns(UserWarning, match=r"n0.xml keep their own registration, whose world unit differs .*"
+                                         r"\(1 = 0.5 um\)"):
+        link_bdv(tmp_path / "mixed.xml", [LinkSource(tmp_path / "n0.xml", tile=0),
+                                          LinkSource(tmp_path / "n1.xml", tile=1, position=(0.0, 12.0, 0.0))])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # alike conventions: nothing to say
+        link_bdv(tmp_path / "kept.xml", [LinkSource(tmp_path / "n0.xml", tile=0),
+                                         LinkSource(tmp_path / "n1.xml", tile=1)])
 
 
 def test_link_bdv_bad_input(tmp_path, rng):

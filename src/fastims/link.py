@@ -891,8 +891,9 @@ def link_bdv(
     link to the tile's ``cells``; the XML lists every tile file as a ``<partition>``.
 
     Registrations: a source's ``position`` gives BigStitcher's ``Translation`` +
-    ``calibration``; otherwise the tile's own registration is kept (all tiles share one voxel
-    size, so their world units agree) and its translation becomes the tile's ``location``.
+    ``calibration``; otherwise the tile's own registration is kept and its translation
+    becomes the tile's ``location``. A UserWarning names kept registrations whose scale
+    differs from the calibration given to the other tiles (mixed world units).
 
     Parameters
     ----------
@@ -1081,6 +1082,7 @@ def link_bdv(
     present = {(t, ids[key]) for t, key in views}
     doc.missing = {(t, sid) for t in all_times for sid in ids.values() if (t, sid) not in present}
     parts: dict[str, tuple[set[int], set[int], dict[int, int], dict[int, int]]] = {}
+    _warn_mixed_world_units(views, setups, smallest)
     for (t, key), view in views.items():
         view.setup = ids[key]
         s = setups[key]
@@ -1127,6 +1129,35 @@ def link_bdv(
         raise
     xmlwrite.write_xml(xml_path, root)
     return xml_path
+
+
+def _warn_mixed_world_units(views: Mapping[Any, Any], setups: Mapping[Any, Any], smallest: tuple[float, str]) -> None:
+    """Warn when tiles keeping their own registration scale voxels unlike the calibration
+    given to the others (world unit: the smallest voxel): BigStitcher would place them at
+    different scales (e.g. npy2bdv registers views by the identity, whatever their voxel size)."""
+    from fastims.convert import _calibration, _h4
+
+    calibrated, foreign = [], []
+    for (_t, key), view in views.items():
+        s = setups[key]
+        expected = np.linalg.norm(_calibration(s.voxel, s.unit, smallest)[:3, :3], axis=0)
+        if view.transforms is None:
+            calibrated.append(view.source.path)
+            continue
+        total = np.eye(4)
+        for _name, m in view.transforms:
+            m = np.asarray(m, dtype=np.float64)
+            total = total @ (m if m.shape == (4, 4) else _h4(m))
+        if not np.allclose(np.linalg.norm(total[:3, :3], axis=0), expected, rtol=1e-3):
+            foreign.append(view.source.path)
+    if calibrated and foreign:
+        names = sorted({Path(p).name for p in foreign})
+        warnings.warn(
+            f"tile(s) {', '.join(names)} keep their own registration, whose world unit differs from "
+            f"the calibration given to the other tiles (1 = {smallest[0]:g} {smallest[1]}); viewers "
+            "would place them at different scales. Give every tile a position to recalibrate them all",
+            UserWarning, stacklevel=3,
+        )
 
 
 def _add_partition_maps(root: Any, partitions: list[Any], mapped: list[tuple[dict[int, int], dict[int, int]]]) -> None:
