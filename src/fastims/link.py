@@ -1137,20 +1137,20 @@ def _warn_mixed_world_units(views: Mapping[Any, Any], setups: Mapping[Any, Any],
     different scales (e.g. npy2bdv registers views by the identity, whatever their voxel size)."""
     from fastims.convert import _calibration, _h4
 
-    calibrated, foreign = [], []
+    if all(view.transforms is not None for view in views.values()):
+        return  # no tile is calibrated: every world unit is the tiles' own
+    foreign = []
     for (_t, key), view in views.items():
-        s = setups[key]
-        expected = np.linalg.norm(_calibration(s.voxel, s.unit, smallest)[:3, :3], axis=0)
         if view.transforms is None:
-            calibrated.append(view.source.path)
             continue
+        s = setups[key]
         total = np.eye(4)
-        for _name, m in view.transforms:
-            m = np.asarray(m, dtype=np.float64)
-            total = total @ (m if m.shape == (4, 4) else _h4(m))
+        for _name, m in view.transforms:  # 3x4 affines, listed first = applied last
+            total = total @ _h4(m)
+        expected = np.linalg.norm(_calibration(s.voxel, s.unit, smallest)[:3, :3], axis=0)
         if not np.allclose(np.linalg.norm(total[:3, :3], axis=0), expected, rtol=1e-3):
             foreign.append(view.source.path)
-    if calibrated and foreign:
+    if foreign:
         names = sorted({Path(p).name for p in foreign})
         warnings.warn(
             f"tile(s) {', '.join(names)} keep their own registration, whose world unit differs from "
