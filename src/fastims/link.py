@@ -1140,15 +1140,17 @@ def _warn_mixed_world_units(views: Mapping[Any, Any], setups: Mapping[Any, Any],
     if all(view.transforms is not None for view in views.values()):
         return  # no tile is calibrated: every world unit is the tiles' own
     foreign = []
+    expected: dict[Any, np.ndarray] = {}  # per setup: a view's voxel scales under calibration
     for (_t, key), view in views.items():
         if view.transforms is None:
             continue
-        s = setups[key]
+        if key not in expected:
+            s = setups[key]
+            expected[key] = np.linalg.norm(_calibration(s.voxel, s.unit, smallest)[:3, :3], axis=0)
         total = np.eye(4)
         for _name, m in view.transforms:  # 3x4 affines, listed first = applied last
             total = total @ _h4(m)
-        expected = np.linalg.norm(_calibration(s.voxel, s.unit, smallest)[:3, :3], axis=0)
-        if not np.allclose(np.linalg.norm(total[:3, :3], axis=0), expected, rtol=1e-3):
+        if not np.allclose(np.linalg.norm(total[:3, :3], axis=0), expected[key], rtol=1e-3):
             foreign.append(view.source.path)
     if foreign:
         names = sorted({Path(p).name for p in foreign})

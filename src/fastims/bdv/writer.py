@@ -36,7 +36,7 @@ import math
 import os
 import threading
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -1012,11 +1012,16 @@ class BdvWriter(_ViewStreamer):
 # ---------------------------------------------------------------------------------------
 
 _VIEW_KEYS = ("time", "illumination", "channel", "tile", "angle")
-_WRITER_OPTIONS = frozenset({
-    "ntimepoints", "nilluminations", "nchannels", "ntiles", "nangles", "factors", "chunks",
-    "compression", "compression_level", "shuffle", "dtype_mode", "partitions", "max_workers",
-    "memory_limit", "overwrite", "allow_incomplete",
-})
+
+
+def _keyword_options(fn: Callable[..., Any]) -> frozenset[str]:
+    return frozenset(name for name, p in inspect.signature(fn).parameters.items() if p.kind is p.KEYWORD_ONLY)
+
+
+# write_bdv's options, split between the writer and each view (read from the signatures, so
+# they cannot drift from them); shape, dtype and the view keys come from write_bdv's data
+_WRITER_OPTIONS = _keyword_options(BdvWriter.__init__)
+_VIEW_OPTIONS = _keyword_options(BdvWriter.add_view) - {"shape", "dtype", *_VIEW_KEYS}
 
 
 def write_bdv(path: str | os.PathLike, data: Any, **options: Any) -> None:
@@ -1088,11 +1093,11 @@ def write_bdv(path: str | os.PathLike, data: Any, **options: Any) -> None:
 def _check_view_options(view_opts: Mapping[str, Any]) -> None:
     """Refuse an option neither BdvWriter nor add_view takes, before any file is created
     (the TypeError would otherwise name a private method, after the .h5 was begun)."""
-    view_params = set(inspect.signature(BdvWriter.add_view).parameters) - {"self", "shape", "dtype", *_VIEW_KEYS}
-    for name in sorted(set(view_opts) - view_params):
-        close = difflib.get_close_matches(name, sorted(_WRITER_OPTIONS | view_params), n=1)
+    unknown = sorted(set(view_opts) - _VIEW_OPTIONS)
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], sorted(_WRITER_OPTIONS | _VIEW_OPTIONS), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise TypeError(f"write_bdv() got an unexpected keyword argument {name!r}{hint}")
+        raise TypeError(f"write_bdv() got an unexpected keyword argument {unknown[0]!r}{hint}")
 
 
 def _view_key(key: Any) -> tuple[int, ...]:
