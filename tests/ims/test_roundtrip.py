@@ -14,6 +14,20 @@ from fastims.pyramid import downsample
 from fastims.synthetic import camera_stack
 
 
+def test_channel_names_round_trip_as_written(tmp_path):
+    """Names keep their spaces and may be empty: Imaris shows them as written."""
+    import h5py
+
+    names = ["", " GFP ", "mCherry 2"]
+    path = tmp_path / "names.ims"
+    fastims.write_ims(path, np.zeros((3, 2, 8, 8), np.uint16), channel_names=names)
+    with fastims.ImsReader(path) as r:
+        assert r.channel_names == names
+    with h5py.File(path, "r") as f:  # plain h5py sees the same characters, as C strings
+        stored = [f[f"DataSetInfo/Channel {c}"].attrs["Name"].tobytes().split(b"\0")[0].decode() for c in range(3)]
+    assert stored == names
+
+
 @pytest.mark.parametrize("dtype", ["uint8", "uint16", "uint32", "float32"])
 @pytest.mark.parametrize("compression", [None, "gzip", "lz4"])
 def test_round_trip_all_levels(tmp_path, dtype, compression):

@@ -201,23 +201,23 @@ def _to_text(value: Any) -> str:
     raise TypeError(f"unsupported attribute value of type {type(value).__name__}")
 
 
-def _clean(text: str) -> str:
+def _clean(text: str, strip: bool = True) -> str:
     # a NUL ends a C string: anything after it is padding
     nul = text.find("\x00")
     if nul >= 0:
         text = text[:nul]
-    return text.strip()
+    return text.strip() if strip else text
 
 
 def read_attr_str(
-    obj: h5py.Group | h5py.Dataset, name: str, default: str | None = None
+    obj: h5py.Group | h5py.Dataset, name: str, default: str | None = None, *, strip: bool = True
 ) -> str | None:
     """Read an attribute as text, whatever its encoding; `default` when it is missing.
 
     Accepts 1-D ``S1`` arrays (NULLTERM or NULLPAD, with or without trailing NULs),
     fixed-length byte scalars or arrays, variable-length strings and numeric attributes
     (returned as decimal text, elements separated by a space). The text is cut at the first
-    NUL and stripped of surrounding whitespace. When `obj` is a group with no such
+    NUL and, with `strip` (the default), stripped of surrounding whitespace. When `obj` is a group with no such
     attribute but a 1-D string dataset of that (encoded) name, as ImarisWriter writes for
     values longer than 1024 characters, the dataset is read instead.
 
@@ -235,12 +235,12 @@ def read_attr_str(
         except (OSError, TypeError, ValueError) as exc:
             logger.debug("attribute %r of %r unreadable: %s", name, obj.name, exc)
             return default
-        return _clean(_to_text(value))
+        return _clean(_to_text(value), strip)
     if isinstance(obj, h5py.Group):
         for dname in (name, encode_name(name)):
             child = obj.get(dname)
             if isinstance(child, h5py.Dataset) and child.dtype.kind in "SOU":
-                return _clean(_to_text(child[()]))
+                return _clean(_to_text(child[()]), strip)
     return default
 
 

@@ -265,8 +265,9 @@ class ImsReader(BaseReader):
         colors: list[tuple[float, float, float] | None] = []
         for c in range(nchan):
             group = None if info is None else self._resolve(info, f"Channel {c}")
-            name = read_attr_str(group, "Name") if group is not None else None
-            names.append(name or f"Channel {c}")
+            # a name is kept as written (spaces, or empty); only a missing one gets the default
+            name = read_attr_str(group, "Name", strip=False) if group is not None else None
+            names.append(f"Channel {c}" if name is None else name)
             colors.append(None if group is None else _channel_color(group))
         return names, colors
 
