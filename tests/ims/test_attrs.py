@@ -169,6 +169,10 @@ def test_long_value_to_dataset(h5file: h5py.File) -> None:
 def test_invalid_values(h5file: h5py.File) -> None:
     with pytest.raises(ValueError, match="ASCII"):
         write_attr_str(h5file, "Name", "µm")
+    with pytest.raises(ValueError, match="NUL inside"):
+        write_attr_str(h5file, "Name", "GFP\x00junk")
+    write_attr_str(h5file, "Trailing", "GFP\x00")  # a terminator, as Minimal_IMS_File has
+    assert read_attr_str(h5file, "Trailing") == "GFP"
     with pytest.raises(TypeError):
         write_attr_str(h5file, "Name", 3)  # type: ignore[arg-type]
     with pytest.raises(ValueError):
@@ -229,6 +233,9 @@ def test_read_variants(h5file: h5py.File) -> None:
     tid.set_strpad(h5py.h5t.STR_NULLTERM)
     aid = h5py.h5a.create(h5file.id, b"nul", tid, h5py.h5s.create_simple((4,)))
     aid.write(np.frombuffer(b"3.0\x00", "S1"), mtype=tid)
+    # a NUL inside: Imaris (C strings) stops there; the characters after it are not the value
+    aid = h5py.h5a.create(h5file.id, b"inner_nul", tid, h5py.h5s.create_simple((8,)))
+    aid.write(np.frombuffer(b"GFP\x00junk", "S1"), mtype=tid)
 
     assert read_attr_str(h5file, "nullpad") == "255.000"
     assert read_attr_str(h5file, "vlen") == "hello world"
@@ -239,6 +246,7 @@ def test_read_variants(h5file: h5py.File) -> None:
     assert read_attr_str(h5file, "pair") == "0 247"
     assert read_attr_str(h5file, "empty") == ""
     assert read_attr_str(h5file, "nul") == "3.0"
+    assert read_attr_str(h5file, "inner_nul") == "GFP"
     assert read_attr_str(h5file, "missing") is None
     assert read_attr_str(h5file, "missing", "dflt") == "dflt"
 

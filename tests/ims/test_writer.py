@@ -338,6 +338,10 @@ def test_errors(tmp_path):
         fastims.ImsWriter(tmp_path / "x.ims", shape=(1, 1, 1, 8, 8), dtype="uint16", compression="zstd")
     with pytest.raises(TypeError, match="one entry per channel"):
         fastims.ImsWriter(tmp_path / "x.ims", shape=(1, 3, 1, 8, 8), dtype="uint16", channel_names="GFP")
+    with pytest.raises(ValueError, match="must not contain a NUL"):
+        fastims.ImsWriter(tmp_path / "x.ims", shape=(1, 2, 1, 8, 8), dtype="uint16", channel_names=["a", "GFP\0junk"])
+    with pytest.raises(ValueError, match="must not contain a NUL"):
+        fastims.ImsWriter(tmp_path / "x.ims", shape=(1, 1, 1, 8, 8), dtype="uint16", description="exp\0eriment")
     with pytest.raises(ValueError, match="min 100 above max 0"):
         fastims.ImsWriter(tmp_path / "x.ims", shape=(1, 1, 1, 8, 8), dtype="uint16", color_ranges=[(100, 0)])
     assert not (tmp_path / "x.ims").exists()

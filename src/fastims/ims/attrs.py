@@ -60,15 +60,19 @@ def _ascii_bytes(value: str | bytes, name: str) -> bytes:
             data.decode("ascii")
         except UnicodeDecodeError:
             raise ValueError(f"attribute {name!r}: value {value!r} is not ASCII") from None
-        return data
-    if not isinstance(value, str):
+    elif not isinstance(value, str):
         raise TypeError(f"attribute {name!r}: expected str, got {type(value).__name__}")
-    try:
-        return value.encode("ascii")
-    except UnicodeEncodeError:
-        raise ValueError(
-            f"attribute {name!r}: value {value!r} is not ASCII; Imaris strings are ASCII only"
-        ) from None
+    else:
+        try:
+            data = value.encode("ascii")
+        except UnicodeEncodeError:
+            raise ValueError(
+                f"attribute {name!r}: value {value!r} is not ASCII; Imaris strings are ASCII only"
+            ) from None
+    # NULLTERM: Imaris stops at the first NUL, so text after one would be stored but unseen
+    if b"\x00" in data.rstrip(b"\x00"):
+        raise ValueError(f"attribute {name!r}: value {value!r} has a NUL inside; Imaris reads a string up to its first NUL")
+    return data
 
 
 def encode_name(name: str) -> str:
@@ -106,7 +110,8 @@ def write_attr_str(
     Raises
     ------
     ValueError
-        If `value` is not ASCII.
+        If `value` is not ASCII, or has a NUL before other characters (trailing NULs are
+        terminators and allowed).
     TypeError
         If `value` is neither ``str`` nor ``bytes``.
     """
@@ -179,8 +184,11 @@ def _to_text(value: Any) -> str:
         return value
     if isinstance(value, np.ndarray):
         if value.dtype.kind == "S":
-            # numpy drops the trailing NULs of each fixed-length element, so a trailing NUL
-            # element (Minimal_IMS_File's "3.00000000\0") vanishes here
+            if value.dtype.itemsize == 1:
+                # Imaris's one-character elements: keep their NULs, so _clean stops at the first
+                # one as Imaris does (numpy would drop each NUL element and join what follows)
+                return value.tobytes().decode("utf-8", errors="replace")
+            # numpy drops the trailing NULs of each fixed-length element
             return b"".join(value.ravel().tolist()).decode("utf-8", errors="replace")
         if value.dtype.kind == "U":
             return "".join(value.ravel().tolist())

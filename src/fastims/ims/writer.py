@@ -671,6 +671,8 @@ def _ascii(what: str, text: str) -> str:
         raise TypeError(f"{what} must be a str, got {type(text).__name__}")
     if not text.isascii():
         raise ValueError(f"{what} must be ASCII (Imaris stores ASCII attributes): {text!r}")
+    if "\x00" in text:
+        raise ValueError(f"{what} must not contain a NUL (Imaris reads a string up to its first NUL): {text!r}")
     return text
 
 
