@@ -228,6 +228,10 @@ def test_editor_errors(dataset, rng):
         ed.add_view(channel=1, shape=(18, 50, 41), dtype="uint16")
     with pytest.raises(ValueError, match="a setup has one shape"):
         ed.add_view(time=3, shape=(1, 50, 41), dtype="uint16", voxel_size=(2.0, 0.5, 0.5))
+    for call in (lambda: ed.set_metadata(user="bob\x02"), lambda: ed.set_attribute_labels("channel", ["a\x0c"]),
+                 lambda: ed.append_affine(np.eye(4), "shift\x1b")):
+        with pytest.raises(ValueError, match="XML 1.0 cannot hold"):
+            call()
     ed.add_view(channel=2, shape=(4, 8, 8), dtype="uint16")
     ed.write_plane(np.ones((8, 8), np.uint16), z=0, channel=2)
     with pytest.raises(WriterStateError, match=r"z=1-3 zero-filled"):

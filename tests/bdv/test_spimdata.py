@@ -326,3 +326,23 @@ def test_zero_filled_records_in_generated_by(tmp_path: Path) -> None:
     bare = ET.fromstring("<SpimData/>")
     xmlwrite.set_zero_filled_element(bare, {(0, 0): None})
     assert bare.find("generatedBy") is None
+
+
+def test_text_xml_cannot_hold_is_refused_before_writing(tmp_path: Path) -> None:
+    """A tree holding a control character is never saved: no parser (BDV, Fiji) would read it."""
+    import xml.etree.ElementTree as ET
+
+    from fastims.bdv import xmlwrite
+
+    path = tmp_path / "d.xml"
+    path.write_text("<SpimData/>")
+    for text, attrib in (("GFP\x01", {}), ("ok", {"name": "a\x1fb"})):
+        root = ET.Element("SpimData")
+        ET.SubElement(root, "name", attrib).text = text
+        with pytest.raises(ValueError, match="XML 1.0 cannot hold"):
+            xmlwrite.write_xml(path, root)
+        assert path.read_text() == "<SpimData/>"  # the earlier file is untouched
+    root = ET.Element("SpimData")
+    ET.SubElement(root, "name").text = "tab\tnewline\ncr\r µm ✓"  # allowed characters pass
+    xmlwrite.write_xml(path, root)
+    assert ET.parse(path).getroot().find("name").text == "tab\tnewline\ncr\n µm ✓"

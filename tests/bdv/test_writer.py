@@ -184,6 +184,7 @@ def test_byte_swapped_input(tmp_path, rng):
         ({(0,): np.zeros((2, 8, 8), np.uint16), (1,): np.zeros((3, 8, 8), np.uint16)}, {}, IndexError),
         ({(0,): np.zeros((2, 8, 8), np.uint16), (1,): np.zeros((3, 8, 8), np.uint16)},
          {"partitions": "timepoint"}, IndexError),
+        (np.zeros((2, 8, 8), np.uint16), {"name": "cam\x01A"}, ValueError),  # no XML parser reads it
     ],
 )
 def test_write_bdv_that_fails_leaves_no_files(tmp_path, data, options, exc):
@@ -547,6 +548,15 @@ def test_bad_calls(tmp_path, rng):
             w.set_attribute_labels("channel", ["only one"])
         with pytest.raises(ValueError, match="XML element name"):
             w.set_metadata(**{"bad key": "x"})
+        # control characters XML 1.0 cannot hold (not even escaped) are refused when given
+        with pytest.raises(ValueError, match=r"channel label 'GFP\\x0b' has '\\x0b'"):
+            w.set_attribute_labels("channel", ["GFP\x0b", "RFP"])
+        with pytest.raises(ValueError, match="metadata user"):
+            w.set_metadata(user="bob\x00", microscope="ok")
+        with pytest.raises(ValueError, match="camera"):
+            w.set_metadata(camera="cam\x1f")
+        with pytest.raises(ValueError, match="unit"):
+            w.add_view(channel=1, shape=(2, 8, 8), dtype="uint16", unit="\x07m")
         with pytest.raises(ValueError, match="already declared"):
             w.write_view(np.zeros((2, 8, 8), np.uint16), unit="nm")
         w.write_plane(np.zeros((8, 8), np.uint16), z=1)

@@ -293,6 +293,7 @@ class BdvEditor(_ViewStreamer):
         m = _affine3x4(matrix)
         if not isinstance(name, str):
             raise TypeError(f"name must be a str, got {name!r}")
+        xmlwrite.check_xml_text("transform name", name)
         sid = self.setup_id(illumination=illumination, channel=channel, tile=tile, angle=angle)
         times = [t for t in self.timepoints if self._registration_elem(t, sid) is not None] if time is None else [int(time)]
         if not times:
@@ -314,6 +315,11 @@ class BdvEditor(_ViewStreamer):
         """
         self._check_open()
         values = {k: (None if v is None else str(v)) for k, v in metadata.items()}
+        for key, value in values.items():
+            if key not in ("camera", "microscope", "microscope_version", "user"):
+                xmlwrite.check_metadata_key(key)
+            if value is not None:
+                xmlwrite.check_xml_text(f"metadata {key}", value)
         if "camera" in values:
             camera = self._camera = values.pop("camera")
             for vs in self._root.iter("ViewSetup"):
@@ -331,9 +337,6 @@ class BdvEditor(_ViewStreamer):
                     elem = ET.Element("name")
                     cam.insert(0, elem)
                 elem.text = camera
-        for key in values:
-            if key not in ("microscope", "microscope_version", "user"):
-                xmlwrite.check_metadata_key(key)
         if values:
             xmlwrite.set_metadata_element(self._root, values)
         self._dirty = True
@@ -348,6 +351,8 @@ class BdvEditor(_ViewStreamer):
         if not isinstance(kind, str) or not kind:
             raise ValueError(f"kind must be an attribute name, got {kind!r}")
         items = dict(labels) if isinstance(labels, Mapping) else dict(enumerate(labels))
+        for label in items.values():
+            xmlwrite.check_xml_text(f"{kind} label", str(label))
         for eid, label in items.items():
             self._set_label(kind, int(eid), str(label))
         self._dirty = True

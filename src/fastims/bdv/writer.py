@@ -330,6 +330,9 @@ class _ViewStreamer(EngineWriter):
                 raise ValueError(f"exposure_time must be >= 0, got {exposure_time!r}")
         if not isinstance(exposure_unit, str):
             raise TypeError(f"exposure_unit must be a str, got {exposure_unit!r}")
+        for what, text in (("name", name), ("unit", unit), ("exposure_unit", exposure_unit), ("affine_name", affine_name)):
+            if isinstance(text, str):
+                xmlwrite.check_xml_text(what, text)
         user_affine = None
         if affine is not None:
             user_affine = (affine_name or _DEFAULT_AFFINE_NAME, _affine3x4(affine))
@@ -834,6 +837,8 @@ class BdvWriter(_ViewStreamer):
         values = [str(v) for v in labels] if not isinstance(labels, str) else None
         if values is None or len(values) != self.counts[kind]:
             raise ValueError(f"{kind} labels must be a sequence of {self.counts[kind]} names, got {labels!r}")
+        for value in values:
+            xmlwrite.check_xml_text(f"{kind} label", value)
         self._labels[kind] = values
 
     def set_metadata(
@@ -852,14 +857,15 @@ class BdvWriter(_ViewStreamer):
         layout); other keys (valid XML names) to ``<generatedBy><metadata>``.
         """
         self._check_open()
+        given = {"microscope": microscope, "microscope_version": microscope_version, "user": user, **extra}
+        values = {key: str(value) for key, value in given.items() if value is not None}
+        for key, value in values.items():  # all checked before any is kept
+            if key in extra:
+                xmlwrite.check_metadata_key(key)
+            xmlwrite.check_xml_text(f"metadata {key}", value)
         if camera is not None:
-            self._camera = str(camera)
-        for key, value in (("microscope", microscope), ("microscope_version", microscope_version), ("user", user)):
-            if value is not None:
-                self._metadata[key] = str(value)
-        for key, value in extra.items():
-            xmlwrite.check_metadata_key(key)
-            self._metadata[key] = str(value)
+            self._camera = xmlwrite.check_xml_text("camera", str(camera))
+        self._metadata.update(values)
 
     def flush(self) -> None:
         """Store every complete slab, flush the HDF5 files and write the XML as it stands.

@@ -316,6 +316,27 @@ def transform_element(name: str, matrix: np.ndarray) -> ET.Element:
     return vt
 
 
+# characters XML 1.0 forbids (escaping cannot help): parsers, BDV and Fiji refuse the file
+_XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def check_xml_text(what: str, text: str) -> str:
+    """Return `text`, or raise ValueError when it has a character XML 1.0 cannot hold."""
+    bad = _XML_INVALID.search(text)
+    if bad is not None:
+        raise ValueError(f"{what} {text!r} has {bad.group()!r}, a character XML 1.0 cannot hold")
+    return text
+
+
+def check_tree_text(root: ET.Element) -> None:
+    """Raise ValueError when any text or attribute of the tree cannot be stored in XML 1.0."""
+    for elem in root.iter():
+        for what, text in ((f"<{elem.tag}> text", elem.text), (f"<{elem.tag}> tail", elem.tail),
+                           *((f"<{elem.tag} {k}=...>", v) for k, v in elem.attrib.items())):
+            if text:
+                check_xml_text(what, text)
+
+
 def check_metadata_key(key: str) -> None:
     """Raise ValueError unless `key` can be an XML element name (free-form metadata keys)."""
     if not isinstance(key, str) or not _XML_NAME.match(key) or key.lower().startswith("xml"):
@@ -475,7 +496,11 @@ def build_spimdata(doc: Document) -> ET.Element:
 
 
 def to_bytes(root: ET.Element) -> bytes:
-    """Indented UTF-8 XML with declaration."""
+    """Indented UTF-8 XML with declaration.
+
+    Raises ValueError, before anything is written, for text no XML parser would read back.
+    """
+    check_tree_text(root)
     tree = ET.ElementTree(root)
     ET.indent(tree, space="  ")
     return ET.tostring(root, encoding="utf-8", xml_declaration=True) + b"\n"
