@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import h5py
 import hdf5plugin  # noqa: F401  (registers the LZ4 filter for reading)
@@ -342,6 +343,9 @@ def test_errors(tmp_path):
         fastims.ImsWriter(tmp_path / "x.ims", shape=(1, 2, 1, 8, 8), dtype="uint16", channel_names=["a", "GFP\0junk"])
     with pytest.raises(ValueError, match="must not contain a NUL"):
         fastims.ImsWriter(tmp_path / "x.ims", shape=(1, 1, 1, 8, 8), dtype="uint16", description="exp\0eriment")
+    # Imaris keeps only the extents (float32, 9 decimals): a voxel size lost in them is refused
+    with pytest.raises(ValueError, match="z=1e-10 m vanishes"):
+        fastims.ImsWriter(tmp_path / "x.ims", shape=(1, 1, 3, 8, 8), dtype="uint16", voxel_size=(1e-10, 1, 1), unit="m")
     with pytest.raises(ValueError, match="min 100 above max 0"):
         fastims.ImsWriter(tmp_path / "x.ims", shape=(1, 1, 1, 8, 8), dtype="uint16", color_ranges=[(100, 0)])
     assert not (tmp_path / "x.ims").exists()
@@ -666,3 +670,17 @@ def test_overwrite_no_keeps_the_file(tmp_path):
     fastims.write_ims(path, np.ones((2, 8, 8), np.uint8), overwrite=np.True_, shuffle=np.False_,
                       allow_incomplete=False)
     assert fastims.read_ims(path).max() == 1
+
+
+def test_voxel_size_blurred_by_the_extents_warns(tmp_path):
+    """A small voxel far from the origin loses digits in float32 extents: said, and what is stored."""
+    data = np.zeros((3, 4, 5), np.uint16)
+    with pytest.warns(UserWarning, match=r"voxel_size y=0.1 um is stored as 0.09375"):
+        fastims.write_ims(tmp_path / "far.ims", data, voxel_size=(1.0, 0.1, 0.1), origin=(0, 1e6, 0))
+    with fastims.ImsReader(tmp_path / "far.ims") as r:
+        assert r.voxel_size[1] == pytest.approx(0.09375)  # what the warning announced
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # near the origin: silent
+        fastims.write_ims(tmp_path / "near.ims", data, voxel_size=(2.0, 0.1, 0.1), origin=(0, 1e3, -2e3))
+    with fastims.ImsReader(tmp_path / "near.ims") as r:
+        assert r.voxel_size == pytest.approx((2.0, 0.1, 0.1), rel=1e-3)

@@ -127,7 +127,9 @@ class ImsWriter(EngineWriter):
     name, description : str, optional
         ``DataSetInfo/Image`` Name and Description.
     origin : tuple of float
-        (z, y, x) position of the outer corner of the first voxel (``ExtMin``).
+        (z, y, x) position of the outer corner of the first voxel (``ExtMin``). Imaris keeps
+        the voxel size only through these extents (float32, 9 decimals): a size lost in them
+        raises ValueError, one off by more than :data:`EXTENT_TOLERANCE` warns.
 
     Raises
     ------
@@ -190,6 +192,7 @@ class ImsWriter(EngineWriter):
         if unit not in _UNITS:
             raise ValueError(f"unit must be one of {_UNITS}, got {unit!r}")
         self.unit = unit
+        _check_extents(self.voxel_size, self.origin, (nz, ny, nx), unit)
         self.codec = Codec.create(compression, level=compression_level, shuffle=shuffle, dtype=self.dtype)
         self.channel_names = _per_channel("channel_names", channel_names, nc, [f"Channel {c}" for c in range(nc)])
         for n in self.channel_names:
@@ -664,6 +667,32 @@ def _timepoints(values: Sequence[_dt.datetime], nt: int) -> list[_dt.datetime]:
                 "fall in the same millisecond, the resolution of the file's time stamps"
             )
     return times
+
+
+#: relative voxel-size error of the written extents above which the writer warns
+EXTENT_TOLERANCE = 1e-3
+
+
+def _check_extents(voxel_size: Sequence[float], origin: Sequence[float], size: Sequence[int], unit: str) -> None:
+    """Refuse or warn when the extents, as Imaris stores them, do not give back the voxel size.
+
+    Imaris keeps only ``ExtMin``/``ExtMax`` (float32, 9 decimals, as ImarisWriter): a voxel
+    size far below 1e-9 ``unit``, or small against a large `origin`, is lost in them.
+    """
+    for axis, d, o, n in zip("zyx", voxel_size, origin, size, strict=True):
+        lo, hi = float(format_extent(o)), float(format_extent(o + d * n))
+        if hi <= lo:
+            raise ValueError(
+                f"voxel_size {axis}={d!r} {unit} vanishes in the file's extents (stored with 9 decimals, "
+                f"in float32, from origin {o!r}): give the sizes in a smaller unit"
+            )
+        stored = (hi - lo) / n
+        if abs(stored - d) > EXTENT_TOLERANCE * d:
+            warnings.warn(
+                f"voxel_size {axis}={d!r} {unit} is stored as {stored:.6g} (the extents are float32 with 9 "
+                f"decimals, from origin {o!r}): use a smaller unit or an origin nearer 0",
+                UserWarning, stacklevel=3,
+            )
 
 
 def _ascii(what: str, text: str) -> str:
