@@ -760,9 +760,15 @@ class Engine:
         Called without any stream lock held (workers take stream locks, then this condition).
         """
         with self._cv:
-            # lower-level slabs are taken later without waiting: keep room for those not held
-            limit = max(self.memory_limit - max(self._reserve - self._lower, 0), nbytes)
-            while self._mem + nbytes > limit and self._pending > 0 and self._error is None:
+            while self._pending > 0 and self._error is None:
+                # lower-level slabs are taken later without waiting: keep room for those not
+                # held. Read again at every wake-up: a lower slab released meanwhile gives its
+                # room back to the reserve, not to level 0 (the limit of the moment the wait
+                # began let a fourth 4 MiB level-0 part into a 16 MiB budget, a 1 MiB level-1
+                # slab having gone back while the caller waited)
+                limit = max(self.memory_limit - max(self._reserve - self._lower, 0), nbytes)
+                if self._mem + nbytes <= limit:
+                    break
                 self._cv.wait()
 
     def _acquire(self, shape: tuple, dtype: np.dtype, *, lower: bool = False) -> np.ndarray:
