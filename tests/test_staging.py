@@ -305,10 +305,11 @@ def test_an_error_of_a_background_write_reaches_the_caller(tmp_path, monkeypatch
     if staging_mod.RunWriter is None:
         pytest.skip("fastims._ext._io not built")
     path = tmp_path / "f.bin"
-    f = _direct_staging(path)
+    path.write_bytes(b"")
     readonly = os.open(path, os.O_RDONLY)
     real = staging_mod.RunWriter
     monkeypatch.setattr(staging_mod, "RunWriter", lambda fd: real(readonly))
+    f = _direct_staging(path)  # its helper, started with it, writes through `readonly`
     chunk = np.ones(THRESHOLD * 5, np.uint8)
     try:
         with pytest.raises(OSError) as info:
@@ -360,6 +361,38 @@ def test_callbacks_never_wait_for_locks_a_garbage_collecting_thread_may_hold(tmp
         d = g["d"][...]
     for i, c in enumerate(chunks):
         np.testing.assert_array_equal(d[4 * i : 4 * i + 4], c)
+
+
+def test_no_thread_is_started_inside_an_hdf5_callback(tmp_path, monkeypatch):
+    """Thread.start waits for the new thread, whose first Python steps may collect garbage and
+    so wait for h5py's lock, held by the callback: the helper starts with the file instead
+    (starting it at the first background run hung a test run)."""
+    import threading
+
+    if not _direct_supported(tmp_path / "probe.bin"):
+        pytest.skip("no O_DIRECT on this file system: no background runs")
+    path = tmp_path / "start.h5"
+    f = create_h5(path, libver=("v108", "v108"), alignment_threshold=64 << 10, alignment_interval=4096)
+    staging = f._fastims_staging
+    assert staging._io is not None  # running before HDF5 calls anything
+    staging.capacity = 1 << 20  # a run per two 512 KiB chunks: many handoffs to the helper
+    started: list[str] = []
+    start = threading.Thread.start
+
+    def spy(self):
+        started.append(self.name)
+        start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", spy)
+    ds = f.create_dataset("d", shape=(64, 256, 256), dtype="u2", chunks=(4, 256, 256))
+    chunks = [np.full((4, 256, 256), i, np.uint16) for i in range(16)]
+    for i, c in enumerate(chunks):
+        ds.id.write_direct_chunk((4 * i, 0, 0), c.tobytes())
+    close_h5(f)
+    assert started == []
+    assert staging.direct_bytes >= 6 << 20  # the chunks did go through background runs
+    with h5py.File(path, "r") as g:
+        np.testing.assert_array_equal(g["d"][::4, 0, 0], np.arange(16))
 
 
 def test_truncate_and_bad_arguments(tmp_path):

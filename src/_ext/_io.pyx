@@ -69,7 +69,8 @@ cdef class RunWriter:
 
     Notes
     -----
-    One run in flight at a time: :meth:`submit`, then :meth:`wait` (which releases the GIL
+    The constructor returns once the helper runs without the GIL: create it outside HDF5
+    callbacks (it starts a Python thread). One run in flight at a time: :meth:`submit`, then :meth:`wait` (which releases the GIL
     while it waits) before the next :meth:`submit`; :attr:`finished` asks without waiting.
     :meth:`close` stops the thread.
     """
@@ -102,6 +103,11 @@ cdef class RunWriter:
         # the thread's target keeps this object alive while the loop runs
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
+        # wait until the helper runs without the GIL: until then it runs Python code, whose
+        # garbage collection may free an h5py object and so wait for h5py's lock -- which a
+        # caller inside an HDF5 callback holds while it waits for this thread (a deadlock)
+        with nogil:
+            PyThread_acquire_lock(self._done, WAIT_LOCK)
 
     def __dealloc__(self):
         # only reached once the loop has returned (see __init__), so nobody waits on these
@@ -115,6 +121,7 @@ cdef class RunWriter:
             self._run()
 
     cdef void _run(self) noexcept nogil:
+        PyThread_release_lock(self._done)  # started (see __init__)
         while True:
             PyThread_acquire_lock(self._job, WAIT_LOCK)
             if self._stop:

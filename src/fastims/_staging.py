@@ -31,8 +31,9 @@ until the object is flushed (in-place chunks never lie there: HDF5 allocates the
 The methods run inside h5py's global lock (HDF5 calls them), so they never wait for anything a
 thread collecting garbage might hold: freeing an h5py object from a reference cycle takes that
 lock, and the collector runs in whichever thread allocates. The background write is
-:class:`fastims._ext._io.RunWriter`, whose thread never takes the GIL (a Python helper thread,
-or ``ThreadPoolExecutor.submit`` with its process-wide lock, deadlocked the writer that way),
+:class:`fastims._ext._io.RunWriter`, whose thread never takes the GIL once started (a Python
+helper thread, or ``ThreadPoolExecutor.submit`` with its process-wide lock, deadlocked the
+writer that way; so did starting the RunWriter inside a callback, hence it starts with the file),
 and staging buffers come from the pool only when its lock is free at once
 (:meth:`fastims.engine.BufferPool.try_take`); they go back at :meth:`StagingFile.close`, which
 h5py does not call.
@@ -117,7 +118,15 @@ class StagingFile:
         self._used = 0  # end of the staged bytes in the window
         self._holes: list[list[int]] = []  # [a, b) below _used never written through this object
         # a full run is written by a helper thread while the next one fills (at most one in flight)
-        self._io: Any = None  # RunWriter, started with the first background run
+        # started here, not at the first run: starting a thread inside an HDF5 callback
+        # waits for it, and a collection in its first Python steps can wait for h5py's lock
+        self._io: Any = None
+        if self.direct_fd >= 0 and RunWriter is not None:
+            try:
+                self._io = RunWriter(self.direct_fd)
+            except BaseException:
+                self._close_fds()
+                raise
         self._inflight: tuple | None = None  # (stage, start, used, holes, eof) of that run
         self._spare: list[np.ndarray] = []  # staging buffers not in use
         self._pooled: list[np.ndarray] = []  # those taken from the pool, given back at close
@@ -225,10 +234,13 @@ class StagingFile:
             for buf in self._pooled:
                 _POOL.give(buf)
             self._pooled = []
-            for fd in (self.fd, self.direct_fd):
-                if fd >= 0:
-                    os.close(fd)
-            self.fd = self.direct_fd = -1
+            self._close_fds()
+
+    def _close_fds(self) -> None:
+        for fd in (self.fd, self.direct_fd):
+            if fd >= 0:
+                os.close(fd)
+        self.fd = self.direct_fd = -1
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -244,7 +256,7 @@ class StagingFile:
 
     def _maybe_start_run(self) -> None:
         """Hand the staged run to the disk early when the disk is idle and the run holds `eager` bytes."""
-        if self._used < self.eager or self.direct_fd < 0 or RunWriter is None:
+        if self._used < self.eager or self.direct_fd < 0 or self._io is None:
             return
         if self._inflight is None or self._io.finished:
             self._write_stage(background=True)
@@ -295,14 +307,12 @@ class StagingFile:
             padded = _pages(used)
             for a, b in [*holes, [used, padded]]:
                 self._fill_from_file(stage[a:b], start + a)
-        if not background or self.direct_fd < 0 or RunWriter is None:
+        if not background or self.direct_fd < 0 or self._io is None:
             try:
                 self._write_run(stage, start, used, holes)
             finally:
                 self._spare.append(stage)
             return
-        if self._io is None:
-            self._io = RunWriter(self.direct_fd)
         padded = _pages(used)
         # nothing else touches the file until the run ends (see _wait_io): its size now is the
         # size the direct write must not be mistaken for
