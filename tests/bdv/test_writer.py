@@ -224,7 +224,9 @@ def test_views_differ_in_size_voxel_unit_exposure_and_xml_content(tmp_path, rng)
     with pytest.warns(UserWarning, match="time=1 setup=3: never written"), w:
         w.set_attribute_labels("illumination", ["left", "right"])
         w.set_attribute_labels("tile", ["t0", "t1"])
-        w.set_metadata(camera="Orca", microscope="meso", microscope_version="1.2", user="ana", objective="10x")
+        w.set_metadata(camera="Orca", microscope="meso", microscope_version="1.2", user="ana", objective="10x",
+                       stage="ASI")
+        w.set_metadata(stage=None)  # None removes a key, as BdvEditor.set_metadata does
         w.add_view(illumination=0, tile=0, shape=a.shape, dtype="uint16", voxel_size=(2.0, 0.5, 0.5),
                    unit="um", exposure_time=0.02, tile_location=(0.0, 0.0, 10.0))
         w.add_view(illumination=1, tile=1, shape=b.shape, dtype="uint16", voxel_size=(400.0, 250.0, 250.0),
@@ -259,6 +261,7 @@ def test_views_differ_in_size_voxel_unit_exposure_and_xml_content(tmp_path, rng)
     text = xml.read_text()
     assert "<exposureTime>20.0</exposureTime>" in text and "<exposureUnits>ms</exposureUnits>" in text
     assert "<name>Orca</name>" in text and "<objective>10x</objective>" in text and "<user>ana</user>" in text
+    assert "stage" not in text and "None" not in text
     np.testing.assert_array_equal(read_npy2bdv(xml, time=2), a)
     np.testing.assert_array_equal(read_npy2bdv(xml, illumination=1, tile=1), b)
 

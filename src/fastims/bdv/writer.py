@@ -854,18 +854,24 @@ class BdvWriter(_ViewStreamer):
 
         `camera` goes to every setup's ``<camera><name>``; `microscope`,
         `microscope_version` and `user` to ``<generatedBy><microscope>`` (npy2bdv's
-        layout); other keys (valid XML names) to ``<generatedBy><metadata>``.
+        layout); other keys (valid XML names) to ``<generatedBy><metadata>``, where a value of
+        None removes the key. Text XML 1.0 cannot hold (control characters) raises ValueError.
         """
         self._check_open()
-        given = {"microscope": microscope, "microscope_version": microscope_version, "user": user, **extra}
-        values = {key: str(value) for key, value in given.items() if value is not None}
-        for key, value in values.items():  # all checked before any is kept
+        given = {"microscope": microscope, "microscope_version": microscope_version, "user": user}
+        given.update({key: (None if value is None else str(value)) for key, value in extra.items()})
+        for key, value in given.items():  # all checked before any is kept
             if key in extra:
                 xmlwrite.check_metadata_key(key)
-            xmlwrite.check_xml_text(f"metadata {key}", value)
+            if value is not None:
+                xmlwrite.check_xml_text(f"metadata {key}", str(value))
         if camera is not None:
             self._camera = xmlwrite.check_xml_text("camera", str(camera))
-        self._metadata.update(values)
+        for key, value in given.items():
+            if value is not None:
+                self._metadata[key] = str(value)
+            elif key in extra:  # as BdvEditor.set_metadata: None removes the entry
+                self._metadata.pop(key, None)
 
     def flush(self) -> None:
         """Store every complete slab, flush the HDF5 files and write the XML as it stands.
