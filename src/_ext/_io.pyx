@@ -70,9 +70,9 @@ cdef class RunWriter:
     Notes
     -----
     The constructor returns once the helper runs without the GIL: create it outside HDF5
-    callbacks (it starts a Python thread). One run in flight at a time: :meth:`submit`, then :meth:`wait` (which releases the GIL
-    while it waits) before the next :meth:`submit`; :attr:`finished` asks without waiting.
-    :meth:`close` stops the thread.
+    callbacks (it starts a Python thread). One run in flight at a time: :meth:`submit`, then
+    :meth:`wait` (which releases the GIL while it waits) before the next :meth:`submit`;
+    :attr:`finished` asks without waiting. :meth:`close` stops the thread.
     """
 
     cdef PyThread_type_lock _job   # released by submit/close: one job (or stop) posted
