@@ -289,6 +289,19 @@ def test_grid_sources_orders_and_reports_missing(tmp_path):
         grid_sources(tmp_path, "x{x}_z{z}.npy")
     with pytest.raises(ValueError, match="no {y} field"):
         grid_sources(tmp_path, "x{x}_z{z}.npy", y_tiles=2)
+    # a column missing from every row is a gap too: x = 0, 2 would place x2 next to x0
+    for z in range(2):
+        (tmp_path / f"x1_z{z}.npy").unlink(missing_ok=True)
+    with pytest.raises(FileNotFoundError, match=r"2 tile files are missing from the grid \(x1_z0.npy, x1_z1.npy\)"):
+        grid_sources(tmp_path, "x{x}_z{z}.npy")
+    with pytest.raises(FileNotFoundError, match=r"tile_x_0001.tif"):  # integer formats alike
+        for x in (0, 2):
+            (tmp_path / f"tile_x_{x:04d}.tif").touch()
+        grid_sources(tmp_path, "tile_x_{x:04d}.tif")
+    # numbering may start anywhere (1-based names): only the range found is the grid
+    for x in (1, 2, 3):
+        (tmp_path / f"p{x}.npy").touch()
+    assert [s.grid for s in grid_sources(tmp_path, "p{x}.npy")] == [(0, 0, 0), (0, 0, 1), (0, 0, 2)]
 
 
 # ---------------------------------------------------------------------------------------

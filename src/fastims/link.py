@@ -251,6 +251,16 @@ def _missing_text(names: list[str], limit: int = 8) -> str:
     return head + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
+def _contiguous(pat: TilePattern, kind: str, found: set[Any]) -> list[Any]:
+    """Grid values of a field found in the file names: every integer from the smallest found
+    to the largest, so a tile missing inside the grid is reported (its rank would otherwise
+    place every later tile one step early) instead of closing up the gap."""
+    by_number = {int(v): v for v in found}  # integer formats give ints, bare {x} digit strings
+    if not by_number:
+        return []
+    return [by_number.get(i, pat.value(kind, str(i))) for i in range(min(by_number), max(by_number) + 1)]
+
+
 def grid_sources(
     folder: str | os.PathLike[str],
     pattern: str | TilePattern = DEFAULT_IMS_PATTERN,
@@ -265,8 +275,9 @@ def grid_sources(
     """The tiles of a grid named by `pattern`, checked complete, as :class:`LinkSource`.
 
     For each field the values are the given counts (``x_tiles=2``: x = 0, 1), the given
-    channel labels, or, when not given, the values found in `folder`'s file names. Every
-    combination must exist. Tiles are numbered with x fastest, then y, then z (imaris-linker's
+    channel labels, or, when not given, the values found in `folder`'s file names -- for
+    x, y, z, tile and time every integer from the smallest found to the largest, so a gap is
+    a missing tile. Every combination must exist. Tiles are numbered with x fastest, then y, then z (imaris-linker's
     order); channels and time points in the order of their values.
 
     Parameters
@@ -331,8 +342,10 @@ def grid_sources(
             axes[kind] = [pat.value(kind, c) for c in channels]
         elif counts.get(kind) is not None:
             axes[kind] = list(range(int(counts[kind])))  # type: ignore[arg-type]
-        else:
+        elif kind == "channel":
             axes[kind] = sorted(found[kind], key=_sort_key)
+        else:
+            axes[kind] = _contiguous(pat, kind, found[kind])
     order = [k for k in ("time", "channel", "z", "y", "x", "tile") if k in axes]
     missing: list[str] = []
     out: list[LinkSource] = []
