@@ -236,3 +236,31 @@ def test_cli_convert_tiff_folder(tmp_path, stack, capsys):
     assert main(["convert", str(folder), str(tmp_path / "q.ims"), "--no-progress"]) == 1
     assert "p9.tiff is not a readable TIFF" in capsys.readouterr().err
     assert not (tmp_path / "q.ims").exists()
+
+
+def test_damaged_compressed_tiff_is_a_format_error(tmp_path, stack):
+    """A page whose deflate stream is damaged: FormatError naming the file (zlib.error escaped)."""
+    import tifffile
+
+    from fastims import FormatError
+    from fastims.sources import open_source
+
+    def damage(path, page):
+        with tifffile.TiffFile(path) as t:
+            off, n = t.pages[page].dataoffsets[0], t.pages[page].databytecounts[0]
+        with open(path, "r+b") as fh:
+            fh.seek(off + 2)
+            fh.write(b"\xff" * (n - 4))
+
+    stack = stack[0, 0]  # (Z, Y, X)
+    tifffile.imwrite(tmp_path / "stack.tif", stack, compression="zlib")
+    damage(tmp_path / "stack.tif", 1)
+    with open_source(tmp_path / "stack.tif") as src, pytest.raises(FormatError, match="stack.tif: reading"):
+        src.read(0, 0, 0, np.empty_like(stack))
+    folder = tmp_path / "planes"
+    folder.mkdir()
+    for z, plane in enumerate(stack):
+        tifffile.imwrite(folder / f"z{z}.tif", plane, compression="zlib")
+    damage(folder / "z1.tif", 0)
+    with open_source(folder) as src, pytest.raises(FormatError, match="z1.tif"):
+        src.read(0, 0, 0, np.empty_like(stack))

@@ -28,11 +28,13 @@ from __future__ import annotations
 
 import errno
 import logging
+import lzma
 import math
 import operator
 import os
 import re
 import xml.etree.ElementTree as ET
+import zlib
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -397,7 +399,7 @@ class TiffFolderSource(Source):
                     shape, dtype = tuple(series.shape), np.dtype(series.dtype)
                     if first_shape is None:
                         self._metadata_from(tif)
-            except (OSError, ValueError, IndexError, KeyError, tifffile.TiffFileError) as exc:
+            except (*_DECODE_ERRORS, tifffile.TiffFileError) as exc:
                 raise _tiff_error(p, exc) from exc
             if len(shape) != 2:
                 raise ValueError(
@@ -430,11 +432,16 @@ class TiffFolderSource(Source):
             p = self.files[z0 + i]
             try:
                 plane = tifffile.imread(p)
-            except (OSError, ValueError, IndexError, KeyError, tifffile.TiffFileError) as exc:
+            except (*_DECODE_ERRORS, tifffile.TiffFileError) as exc:
                 raise _tiff_error(p, exc) from exc
             if plane.shape != out.shape[1:]:
                 raise ValueError(f"{p.name} changed: it is now {plane.shape}, expected {out.shape[1:]}")
             out[i] = plane
+
+
+#: what reading a damaged image file raises: I/O and format errors, and the decoders' own
+#: (zlib.error, lzma.LZMAError; imagecodecs' codec errors are RuntimeErrors)
+_DECODE_ERRORS = (OSError, ValueError, IndexError, KeyError, RuntimeError, zlib.error, lzma.LZMAError)
 
 
 def _axes_map(axes: str, shape: Sequence[int], name: str) -> dict[str, str]:
@@ -673,7 +680,7 @@ class TiffSource(Source):
             if self._whole is None:
                 self._whole = self._as5d(self._tif.series[0].asarray(), self._axes)
             out[...] = self._whole[t, c, z0 : z0 + nz]
-        except (OSError, ValueError, IndexError, KeyError, AttributeError) as exc:
+        except (*_DECODE_ERRORS, AttributeError) as exc:
             # a page missing from the file (None), a truncated or corrupt page...
             raise FormatError(f"{self._path}: reading t={t} c={c} z={z0}..{z0 + nz - 1} failed ({exc})") from exc
 
