@@ -264,3 +264,15 @@ def test_damaged_compressed_tiff_is_a_format_error(tmp_path, stack):
     damage(folder / "z1.tif", 0)
     with open_source(folder) as src, pytest.raises(FormatError, match="z1.tif"):
         src.read(0, 0, 0, np.empty_like(stack))
+
+
+def test_tiff_with_several_series_warns_and_reads_the_first(tmp_path):
+    """An OME-TIFF of two positions: only the first is converted, and that is said."""
+    path = tmp_path / "two.ome.tif"
+    with tifffile.TiffWriter(path, ome=True) as tw:
+        for value, name in ((1, "pos0"), (2, "pos1")):
+            tw.write(np.full((4, 16, 16), value, np.uint16), metadata={"axes": "ZYX", "Name": name})
+    with pytest.warns(UserWarning, match=r"two.ome.tif holds 2 image series \(pos0, pos1\); reading the first"):
+        out = convert(path, tmp_path / "two.ims")
+    with fastims.open(out) as r:
+        assert r.shape == (1, 1, 4, 16, 16) and (r[:] == 1).all()

@@ -461,7 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--overlap", type=_fraction, default=0.0,
                       help="tile patterns of TIFF/.npy tiles: overlap fraction of neighbouring grid tiles")
     conv.add_argument("--memory-limit", type=_byte_size, default=None, metavar="BYTES",
-                      help="bytes in flight, e.g. 2GB or 512MiB (default: 1 GiB or a quarter of RAM)")
+                      help="bytes in flight, e.g. 2GB or 512MiB (default: 512 MiB or an eighth of RAM, whichever is smaller)")
     conv.add_argument("--overwrite", action="store_true", help="replace existing output files")
     conv.add_argument("--allow-external-paths", action="store_true",
                       help=".ims/BDV inputs: follow paths leaving the input's folder (a BDV <hdf5> that is "

@@ -33,6 +33,7 @@ import math
 import operator
 import os
 import re
+import warnings
 import xml.etree.ElementTree as ET
 import zlib
 from collections.abc import Sequence
@@ -367,9 +368,9 @@ def _tiff_error(path: Path, exc: BaseException) -> FormatError:
 class TiffFolderSource(Source):
     """A folder of 2-D TIFF files, one Z plane each, in natural order.
 
-    All files must have the first file's size and data type; a file that differs or cannot
-    be read raises :class:`~fastims.FormatError` naming it. The headers are checked when the
-    source opens, so a conversion fails before writing anything.
+    All files must have the first file's size and data type; a file that differs raises
+    ValueError, and one that cannot be read :class:`~fastims.FormatError`, naming it. The
+    headers are checked when the source opens, so a conversion fails before writing anything.
 
     Parameters
     ----------
@@ -589,6 +590,10 @@ class TiffSource(Source):
         tif = self._tif
         if not tif.series:
             raise FormatError(f"{self._path} holds no image")
+        if len(tif.series) > 1:  # as convert says of an .ims holding several datasets
+            names = ", ".join(s.name or f"#{i}" for i, s in enumerate(tif.series[:4]))
+            warnings.warn(f"{self._path.name} holds {len(tif.series)} image series ({names}"
+                          f"{', ...' if len(tif.series) > 4 else ''}); reading the first", UserWarning, stacklevel=4)
         series = tif.series[0]
         axes, shape = series.axes, tuple(int(n) for n in series.shape)
         mapping = _axes_map(axes, shape, self._path.name)
