@@ -418,7 +418,13 @@ def test_argument_errors(tmp_path, ims_src):
     (tmp_path / "bad.ims").write_text("not hdf5")
     with pytest.raises(fastims.FormatError):
         convert(tmp_path / "bad.ims", tmp_path / "x.xml")
-    assert listing(tmp_path) == ["bad.ims", "src.ims", "taken.h5"]
+    # signed int16 has no home: .ims stores unsigned types, BDV's legacy int16 reads as uint16
+    np.save(tmp_path / "signed.npy", np.array([-30, -1, 0, 1, 300], np.int16).reshape(1, 1, 5))
+    for target, mode in (("x.ims", None), ("x.xml", None), ("x.xml", "legacy")):
+        with pytest.raises(TypeError, match="convert the values first") as info:
+            convert(tmp_path / "signed.npy", tmp_path / target, dtype_mode=mode)
+        assert "which stores int16" not in str(info.value)
+    assert listing(tmp_path) == ["bad.ims", "signed.npy", "src.ims", "taken.h5"]
 
 
 def test_callable_at_package_level(tmp_path):

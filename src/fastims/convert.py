@@ -809,8 +809,7 @@ def _to_ims(reader: Any, volumes: list[_Volume], path: Path, pump: _Pump, option
     if dtype.name not in _IMS_DTYPES:
         raise TypeError(
             f"{src.name} holds {dtype} data; Imaris files store {', '.join(_IMS_DTYPES)} "
-            + ("(convert the values first, or convert to BDV, which stores int16)" if dtype == np.int16
-               else "(convert the values first)")
+            "(convert the values first)"
         )
     unit, factor = _ims_unit(reader.unit, src)
     voxel = tuple(v * factor for v in reader.voxel_size)
@@ -967,6 +966,14 @@ def _to_bdv(
     dtypes = {v.dtype for v in volumes}
     if dtype_mode is None:
         dtype_mode = "legacy" if dtypes == {np.dtype(np.uint16)} else "typed"
+    if dtype_mode == "legacy" and np.dtype(np.int16) in dtypes:
+        # BdvWriter takes int16 in legacy mode as uint16 bit patterns (what BigDataViewer reads
+        # there); a source's int16 is signed, and -30 would read back as 65506
+        raise TypeError(
+            f"{src.name} holds signed int16 data; BDV's legacy mode stores 16-bit data that viewers "
+            f"read as unsigned, and typed BDV files store {', '.join(str(d) for d in SUPPORTED_DTYPES)} "
+            "(convert the values first)"
+        )
     if dtype_mode == "typed":
         bad = sorted(str(d) for d in dtypes if d not in SUPPORTED_DTYPES)
         if bad:
