@@ -141,3 +141,17 @@ def test_cli_local_cluster_of_processes(tmp_path, tiles, capsys):
         assert r.setups[0].voxel_size == VOXEL
     assert main(["convert", pattern, str(tmp_path / "c.xml"), "--no-progress"]) == 1
     assert "use --overwrite" in capsys.readouterr().err
+
+
+def test_tiles_of_several_channels_take_one_name_per_channel(tmp_path):
+    """Without a channel field, each tile's own channels are the dataset's: they take the names."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for x in range(2):
+        np.save(raw / f"tile_x{x}.npy", np.full((2, 3, 8, 10), x + 1, np.uint16))  # (C, Z, Y, X)
+    out = convert(str(raw / "tile_x{x}.npy"), tmp_path / "all.ims", channel_names=["GFP", "RFP"])
+    # imaris-linker's layout: one dataset per (channel, tile), channel by channel
+    assert [names for names, _, _ in scenes_of(out)] == [["GFP"], ["GFP"], ["RFP"], ["RFP"]]
+    with pytest.raises(ValueError, match="channel_names must give 2 names"):
+        convert(str(raw / "tile_x{x}.npy"), tmp_path / "one.ims", channel_names=["GFP"])
+    assert not (tmp_path / "one.ims").exists()

@@ -207,11 +207,11 @@ def convert_tiles(
         raise ValueError(f"output {clash[0]} would overwrite an input")
 
     # every tile readable and alike before any work (a failure names the file)
-    nchannels = 1 + max(e.channel for e in entries)
+    nchannels = 1 + max(e.channel for e in entries)  # channels named by the pattern's field
     if channel_names is not None:
+        if isinstance(channel_names, str):
+            raise ValueError(f"channel_names must be a sequence of names, got {channel_names!r}")
         names = list(channel_names)
-        if isinstance(channel_names, str) or len(names) != nchannels:
-            raise ValueError(f"channel_names must give {nchannels} names (one per channel), got {channel_names!r}")
     tasks: list[tuple[str, str, dict[str, Any]]] = []
     sizes: list[int] = []
     first: _Geometry | None = None
@@ -240,7 +240,11 @@ def convert_tiles(
                 tile_origin or (0.0, 0.0, 0.0), entry.grid, shape[2:], vox, overlap))
             nc = shape[1]
             if channel_names is not None:
-                task_options["channel_names"] = names[entry.channel : entry.channel + nc]
+                # without a channel field, a tile's own channels are the dataset's channels
+                want = nc if nchannels == 1 else nchannels
+                if len(names) != want:
+                    raise ValueError(f"channel_names must give {want} names (one per channel), got {channel_names!r}")
+                task_options["channel_names"] = names if nchannels == 1 else names[entry.channel : entry.channel + nc]
             elif entry.channel_name is not None and nc == 1:
                 task_options["channel_names"] = [entry.channel_name]
         elif overlap:
