@@ -277,8 +277,8 @@ def grid_sources(
     For each field the values are the given counts (``x_tiles=2``: x = 0, 1), the given
     channel labels, or, when not given, the values found in `folder`'s file names -- for
     x, y, z, tile and time every integer from the smallest found to the largest, so a gap is
-    a missing tile. Every combination must exist. Tiles are numbered with x fastest, then y, then z (imaris-linker's
-    order); channels and time points in the order of their values.
+    a missing tile. Every combination must exist. Tiles are numbered with x fastest, then y,
+    then z (imaris-linker's order); channels and time points in the order of their values.
 
     Parameters
     ----------
