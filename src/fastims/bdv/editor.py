@@ -315,11 +315,7 @@ class BdvEditor(_ViewStreamer):
         """
         self._check_open()
         values = {k: (None if v is None else str(v)) for k, v in metadata.items()}
-        for key, value in values.items():
-            if key not in ("camera", "microscope", "microscope_version", "user"):
-                xmlwrite.check_metadata_key(key)
-            if value is not None:
-                xmlwrite.check_xml_text(f"metadata {key}", value)
+        xmlwrite.check_metadata(values)
         if "camera" in values:
             camera = self._camera = values.pop("camera")
             for vs in self._root.iter("ViewSetup"):

@@ -858,18 +858,14 @@ class BdvWriter(_ViewStreamer):
         None removes the key. Text XML 1.0 cannot hold (control characters) raises ValueError.
         """
         self._check_open()
-        given = {"microscope": microscope, "microscope_version": microscope_version, "user": user}
-        given.update({key: (None if value is None else str(value)) for key, value in extra.items()})
-        for key, value in given.items():  # all checked before any is kept
-            if key in extra:
-                xmlwrite.check_metadata_key(key)
-            if value is not None:
-                xmlwrite.check_xml_text(f"metadata {key}", str(value))
+        given = {"microscope": microscope, "microscope_version": microscope_version, "user": user, **extra}
+        values = {key: (None if value is None else str(value)) for key, value in given.items()}
+        xmlwrite.check_metadata({**values, "camera": None if camera is None else str(camera)})
         if camera is not None:
-            self._camera = xmlwrite.check_xml_text("camera", str(camera))
-        for key, value in given.items():
+            self._camera = str(camera)
+        for key, value in values.items():
             if value is not None:
-                self._metadata[key] = str(value)
+                self._metadata[key] = value
             elif key in extra:  # as BdvEditor.set_metadata: None removes the entry
                 self._metadata.pop(key, None)
 

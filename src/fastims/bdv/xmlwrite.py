@@ -343,6 +343,22 @@ def check_metadata_key(key: str) -> None:
         raise ValueError(f"metadata key {key!r} is not a valid XML element name")
 
 
+#: metadata keys with a place of their own (``<camera>``, ``<generatedBy><microscope>``)
+NAMED_METADATA = ("camera", "microscope", "microscope_version", "user")
+
+
+def check_metadata(metadata: Mapping[str, str | None]) -> None:
+    """Raise ValueError for a free-form key that is no XML name, or a value XML cannot hold.
+
+    Everything is checked before a writer keeps any of it; None values (removals) pass.
+    """
+    for key, value in metadata.items():
+        if key not in NAMED_METADATA:
+            check_metadata_key(key)
+        if value is not None:
+            check_xml_text(f"metadata {key}", value)
+
+
 def set_metadata_element(root: ET.Element, metadata: Mapping[str, str | None]) -> ET.Element:
     """Create or update ``<generatedBy>`` (right after ``<BasePath>``) with `metadata`.
 
