@@ -21,15 +21,16 @@ _FIRST_FRAME = textwrap.dedent(
     import fastims
     t1 = time.perf_counter()
     frame = np.full((2048, 2048), 100, np.uint16)
-    path = os.path.join(tempfile.mkdtemp(), "cold.ims")
-    w = fastims.ImsWriter(path, shape=(1, 1, 16, 2048, 2048), dtype="uint16", compression="lz4")
-    t2 = time.perf_counter()
-    w.write_plane(frame, z=0)
-    t3 = time.perf_counter()
-    for z in range(1, 16):
-        w.write_plane(frame, z=z)
-    w.close()
-    t4 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "cold.ims")
+        w = fastims.ImsWriter(path, shape=(1, 1, 16, 2048, 2048), dtype="uint16", compression="lz4")
+        t2 = time.perf_counter()
+        w.write_plane(frame, z=0)
+        t3 = time.perf_counter()
+        for z in range(1, 16):
+            w.write_plane(frame, z=z)
+        w.close()
+        t4 = time.perf_counter()
     print(json.dumps({"import": t1 - t0, "open": t2 - t1, "first frame": t3 - t2, "rest + close": t4 - t3}))
     """
 )

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
+import atexit
+import shutil
 import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import configuration as _hyp_config
 from hypothesis import settings
 
-# hypothesis keeps state in the working directory by default: keep it in a temp dir instead
-_hyp_config.set_hypothesis_home_dir(tempfile.mkdtemp(prefix="fastims-hypothesis-"))
+# hypothesis keeps state in the working directory by default: keep it in a temp dir instead,
+# removed when the session ends so runs do not pile up directories in /tmp
+_HYPOTHESIS_HOME = tempfile.mkdtemp(prefix="fastims-hypothesis-")
+atexit.register(shutil.rmtree, _HYPOTHESIS_HOME, ignore_errors=True)
+_hyp_config.set_hypothesis_home_dir(_HYPOTHESIS_HOME)
 settings.register_profile("fastims", database=None, deadline=None, max_examples=60)
 settings.load_profile("fastims")
 
