@@ -9,6 +9,7 @@ import os
 import threading
 from typing import Any
 
+from fastims._interrupts import hold_interrupts
 from fastims.errors import WriterStateError
 
 logger = logging.getLogger("fastims")
@@ -99,11 +100,16 @@ class EngineWriter:
         finally:
             self._closed = True
             _OPEN.discard(self)
-            try:
-                self._engine.call(self._close_files)
-            except BaseException as exc:  # keep the first error
-                error = error or exc
-            self._engine.close()
+            # an interrupted _finish (Ctrl-C) leaves tasks in flight: they store their chunks
+            # before the files close, not into closed ones. Held: a second Ctrl-C would split
+            # this the same way, and it ends once the work in flight (the memory budget) is done.
+            with hold_interrupts():
+                self._engine.drain()
+                try:
+                    self._engine.call(self._close_files)
+                except BaseException as exc:  # keep the first error
+                    error = error or exc
+                self._engine.close()
         if error is not None:
             if raising:
                 raise error

@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from fastims import _dispatch
+from fastims._interrupts import hold_interrupts
 from fastims.compression import Codec, lz4_bound
 from fastims.errors import WriterStateError
 from fastims.histogram import Histogram
@@ -599,6 +600,25 @@ class Engine:
         self._unflushed = 0  # bytes written since the last writeback hint
         self._writer = threading.Thread(target=self._writer_loop, name="fastims-hdf5", daemon=True)
         self._writer.start()
+        self._start_workers()
+
+    def _start_workers(self) -> None:
+        """Start every worker thread now, not at the submits of the first slab.
+
+        The pool starts a thread inside ``submit`` when none is idle, and ``Thread.start``
+        waits for it: in ``write`` that wait fell inside the step where a Ctrl-C is held, so
+        the first slab of every stream delayed an interrupt until its planes were taken.
+        """
+        barrier = threading.Barrier(self.max_workers)
+
+        def meet() -> None:
+            try:
+                barrier.wait(timeout=5)  # every task needs its own thread to get past this
+            except threading.BrokenBarrierError:  # pragma: no cover - a starved machine
+                pass
+
+        for future in [self._pool.submit(meet) for _ in range(self.max_workers)]:
+            future.result()
 
     # -- writeback ------------------------------------------------------------------------
 
@@ -740,9 +760,16 @@ class Engine:
     def _put(self, item: tuple) -> None:
         if self._closed:
             raise WriterStateError("the engine is closed")
-        with self._cv:
-            self._pending += 1
-        self._queue.put(item)
+        # counted and queued as one step: a count without its item would make wait() and
+        # close() wait for ever (hold_interrupts: a Ctrl-C lands after both)
+        with hold_interrupts():
+            with self._cv:
+                self._pending += 1
+            try:
+                self._queue.put(item)
+            except BaseException:
+                self._done_one()
+                raise
 
     def _done_one(self) -> None:
         with self._cv:
@@ -759,17 +786,37 @@ class Engine:
 
         Called without any stream lock held (workers take stream locks, then this condition).
         """
-        with self._cv:
-            while self._pending > 0 and self._error is None:
-                # lower-level slabs are taken later without waiting: keep room for those not
-                # held. Read again at every wake-up: a lower slab released meanwhile gives its
-                # room back to the reserve, not to level 0 (the limit of the moment the wait
-                # began let a fourth 4 MiB level-0 part into a 16 MiB budget, a 1 MiB level-1
-                # slab having gone back while the caller waited)
-                limit = max(self.memory_limit - max(self._reserve - self._lower, 0), nbytes)
-                if self._mem + nbytes <= limit:
-                    break
-                self._cv.wait()
+
+        def room() -> bool:
+            if self._pending <= 0 or self._error is not None:
+                return True
+            # lower-level slabs are taken later without waiting: keep room for those not held.
+            # Read again at every wake-up: a lower slab released meanwhile gives its room back
+            # to the reserve, not to level 0 (the limit of the moment the wait began let a
+            # fourth 4 MiB level-0 part into a 16 MiB budget, a 1 MiB level-1 slab having gone
+            # back while the caller waited)
+            limit = max(self.memory_limit - max(self._reserve - self._lower, 0), nbytes)
+            return self._mem + nbytes <= limit
+
+        self._wait_until(room)
+
+    #: longest a held Ctrl-C waits in :meth:`_wait_until` before it is raised
+    INTERRUPT_LATENCY = 0.05
+
+    def _wait_until(self, done: Callable[[], bool]) -> None:
+        """Wait on the condition until ``done()`` (called with the lock held) is true.
+
+        Interruptible, but only between waits with the lock released: a Ctrl-C raised inside
+        ``Condition.wait`` can leave the lock released or held by no one, and every thread
+        then blocks on it for ever.
+        """
+        with hold_interrupts() as held:
+            while True:
+                with self._cv:
+                    if done():
+                        return
+                    self._cv.wait(self.INTERRUPT_LATENCY if held.handlers else None)
+                held.checkpoint()
 
     def _acquire(self, shape: tuple, dtype: np.dtype, *, lower: bool = False) -> np.ndarray:
         """A buffer from the process-wide pool (warm when possible); never blocks.
@@ -806,9 +853,14 @@ class Engine:
     # -- tasks -------------------------------------------------------------------------------
 
     def _submit(self, fn: Callable[..., None], *args: Any) -> None:
-        with self._cv:
-            self._pending += 1
-        self._pool.submit(self._run, fn, args)
+        with hold_interrupts():  # as in _put: never a count without its task
+            with self._cv:
+                self._pending += 1
+            try:
+                self._pool.submit(self._run, fn, args)
+            except BaseException:
+                self._done_one()
+                raise
 
     def _run(self, fn: Callable[..., None], args: tuple) -> None:
         try:
@@ -821,18 +873,18 @@ class Engine:
 
     def wait(self) -> None:
         """Block until every queued task and chunk write has finished; re-raise task errors."""
-        with self._cv:
-            while self._pending > 0:
-                self._cv.wait()
+        self.drain()
         self.check()
+
+    def drain(self) -> None:
+        """Wait for every queued task and chunk write, without raising their errors."""
+        self._wait_until(lambda: self._pending <= 0)
 
     def close(self) -> None:
         """Wait for the work in flight, then stop the threads (errors are not raised here)."""
         if self._closed:
             return
-        with self._cv:
-            while self._pending > 0:
-                self._cv.wait()
+        self.drain()
         self._closed = True
         self._queue.put(None)
         self._writer.join()
@@ -997,55 +1049,80 @@ class Engine:
     def write(self, stream: Stream, z0: int, block: np.ndarray) -> None:
         """Copy planes ``block[i]`` to plane ``z0 + i`` of level 0; complete slabs start their tasks.
 
-        The caller validates shape and dtype; this raises for planes written twice.
+        The caller validates shape and dtype; this raises for planes written twice. An
+        exception raised after some planes were stored (a Ctrl-C that came while they were
+        handed over) carries a note naming them.
         """
         self.check()
+        taken = [z0]  # planes below taken[0] are stored
+        try:
+            self._write(stream, z0, block, taken)
+        except BaseException as exc:
+            if taken[0] > z0:
+                exc.add_note(f"{stream.label}: plane(s) z={ranges_text(range(z0, taken[0]))} were stored "
+                             "before this exception; write only the others again")
+            raise
+
+    def _write(self, stream: Stream, z0: int, block: np.ndarray, taken: list[int]) -> None:
         n = block.shape[0]
         lv = stream.levels[0]
         cz = lv.spec.chunks[0]
         g = stream.part_depth
         nx = lv.spec.shape[2]
         part_bytes = g * lv.spec.shape[1] * nx * stream.dtype.itemsize
-        z = z0
-        while z < z0 + n:
-            index = z // cz
-            end = min((index + 1) * cz, z0 + n)
-            with stream.lock:
-                if stream.written[z:end].any():
-                    twice = (np.flatnonzero(stream.written[z:end]) + z).tolist()
-                    raise WriterStateError(f"{stream.label}: plane(s) z={twice} written twice")
-                # reserve the planes now, so concurrent callers cannot both pass the check
-                stream.written[z:end] = True
-                slab = stream._slab(0, index)
-            # the planes are reserved for this caller and workers see a slab only once it is
-            # complete, so the copy runs without the lock (workers keep their bookkeeping)
-            try:
-                p = z
-                while p < end:
-                    k = (p - slab.z0) // g
-                    pend = min(end, slab.z0 + (k + 1) * g)
-                    part = slab.parts[k]
-                    if part is None:
-                        self._wait_for_room(part_bytes)  # back-pressure, part by part
-                        self.check()
-                        with stream.lock:  # another caller may have taken it meanwhile
-                            part = slab.parts[k]
-                            if part is None:
-                                part = slab.parts[k] = [self._acquire((g, r1 - r0, nx), stream.dtype)
-                                                        for r0, r1 in stream.band_rows]
-                    src = block[p - z0 : pend - z0]
-                    for cell, (r0, r1) in zip(part, stream.band_rows):
-                        _copy_planes(cell[p - slab.z0 - k * g : pend - slab.z0 - k * g], src[:, r0:r1])
-                    p = pend
-            except BaseException:
-                # interrupted (Ctrl-C in the back-pressure wait, a failed copy): the planes were
-                # reserved but never counted, so hand them back; a retry writes them, and
-                # close() sees them missing instead of waiting for a slab that never completes
-                with stream.lock:
-                    stream.written[z:end] = False
-                raise
-            self._add_planes(stream, 0, slab, end - z)
-            z = end
+        # Signals (Ctrl-C) are held for the whole call and act only at safe points: in the
+        # back-pressure wait and after the copy, where the planes are handed back and a retry
+        # writes them. Anywhere else a KeyboardInterrupt could leave a lock taken, a slab
+        # counted but never fanned out, or a task counted but never queued. One that comes
+        # while planes are counted is raised when the call ends.
+        with hold_interrupts() as held:
+            z = z0
+            while z < z0 + n:
+                index = z // cz
+                end = min((index + 1) * cz, z0 + n)
+                reserved = False
+                try:
+                    with stream.lock:
+                        if stream.written[z:end].any():
+                            twice = (np.flatnonzero(stream.written[z:end]) + z).tolist()
+                            raise WriterStateError(f"{stream.label}: plane(s) z={twice} written twice")
+                        # reserve the planes now, so concurrent callers cannot both pass the check
+                        stream.written[z:end] = True
+                        reserved = True
+                        slab = stream._slab(0, index)
+                    # the planes are reserved for this caller and workers see a slab only once
+                    # it is complete, so the copy runs without the lock (workers keep their
+                    # bookkeeping)
+                    p = z
+                    while p < end:
+                        k = (p - slab.z0) // g
+                        pend = min(end, slab.z0 + (k + 1) * g)
+                        part = slab.parts[k]
+                        if part is None:
+                            self._wait_for_room(part_bytes)  # back-pressure, part by part
+                            self.check()
+                            with stream.lock:  # another caller may have taken it meanwhile
+                                part = slab.parts[k]
+                                if part is None:
+                                    part = slab.parts[k] = [self._acquire((g, r1 - r0, nx), stream.dtype)
+                                                            for r0, r1 in stream.band_rows]
+                        src = block[p - z0 : pend - z0]
+                        for cell, (r0, r1) in zip(part, stream.band_rows):
+                            _copy_planes(cell[p - slab.z0 - k * g : pend - slab.z0 - k * g], src[:, r0:r1])
+                        p = pend
+                    held.checkpoint()
+                except BaseException:
+                    # interrupted (Ctrl-C in the back-pressure wait or the copy, a failed copy):
+                    # the planes were reserved but never counted, so hand them back; a retry
+                    # writes them, and close() sees them missing instead of waiting for a slab
+                    # that never completes
+                    if reserved:
+                        with stream.lock:
+                            stream.written[z:end] = False
+                    raise
+                # a complete slab's tasks are fanned out by a worker: the caller only submits one
+                self._add_planes(stream, 0, slab, end - z, in_worker=True)
+                z = taken[0] = end
 
     def finish(self, stream: Stream, *, zero_fill: bool) -> list[int]:
         """Complete a stream whose planes may be missing: zero-fill them if `zero_fill`.
@@ -1062,16 +1139,19 @@ class Engine:
                 self.write(stream, z, zeros)
         return missing
 
-    def _add_planes(self, stream: Stream, li: int, slab: _Slab, n: int) -> None:
+    def _add_planes(self, stream: Stream, li: int, slab: _Slab, n: int, *, in_worker: bool = False) -> None:
         """Count `n` planes (of one band of the source) written into `slab`; once complete it
-        leaves the open slabs and fans out."""
+        leaves the open slabs and fans out (in a worker task when `in_worker`)."""
         with stream.lock:
             slab.filled += n
             complete = slab.filled == slab.depth * stream.units[li]
             if complete:
                 del stream.levels[li].slabs[slab.index]
         if complete:
-            self._complete(stream, li, slab)
+            if in_worker:
+                self._submit(self._complete, stream, li, slab)
+            else:
+                self._complete(stream, li, slab)
 
     def _complete(self, stream: Stream, li: int, slab: _Slab) -> None:
         """Fan out the tasks of a full slab: histogram, chunk rows, downsampling into children."""

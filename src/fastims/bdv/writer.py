@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from fastims._interrupts import hold_interrupts
 from fastims._lifecycle import EngineWriter
 from fastims._staging import close_h5, create_h5, h5_path
 from fastims._validate import check_index, check_planes, floats, int_shape, native, to_dtype
@@ -553,20 +554,24 @@ class _ViewStreamer(EngineWriter):
         stream = view.stream
         if stream is not None:
             return stream
-        with self._lock:
+        # held: a Ctrl-C inside would leave the lock taken, or the datasets' job posted for a
+        # stream never recorded (posted again at the next call)
+        with hold_interrupts(), self._lock:
             if view.stream is None:
                 setup = view.setup
                 specs = _level_specs(setup)
                 raw = setup.codec.compression is None and RawTarget.SUPPORTED
                 refs = [DatasetRef(RawTarget() if raw else None) for _ in specs]
-                # FIFO: the writer thread creates the datasets before it stores any chunk
-                self._engine.post(self._create_datasets, view, refs)
-                view.stream = self._engine.open_stream(
+                stream = self._engine.open_stream(
                     (view.time, setup.id), dtype=setup.stream_dtype, levels=specs, datasets=refs,
                     codec=setup.codec, rule="bdv", histograms=False,
                     on_done=lambda _stream, view=view, refs=refs: self._stream_done(view, refs),
                     label=f"{self._label.name} timepoint {view.time} setup {setup.id}",
                 )
+                # FIFO: the writer thread creates the datasets before it stores any chunk,
+                # which only exist once this call has returned
+                self._engine.post(self._create_datasets, view, refs)
+                view.stream = stream
             return view.stream
 
     def _stream_done(self, view: _View, refs: list[DatasetRef]) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from fastims._interrupts import hold_interrupts
 from fastims._lifecycle import EngineWriter
 from fastims._staging import close_h5, create_h5
 from fastims._validate import (
@@ -330,21 +331,24 @@ class ImsWriter(EngineWriter):
         stream = self._streams.get((t, c))
         if stream is not None:
             return stream
-        with self._lock:
+        # held: a Ctrl-C inside would leave the lock taken, or the datasets' job posted for a
+        # stream never recorded (posted again at the next call)
+        with hold_interrupts(), self._lock:
             stream = self._streams.get((t, c))
             if stream is None:
                 if self._times[t] is None:
                     self._times[t] = _dt.datetime.now()
                 raw = self.codec.compression is None and RawTarget.SUPPORTED
                 refs = [DatasetRef(RawTarget() if raw else None) for _ in self.levels]
-                # FIFO: the writer creates the datasets before it stores any of their chunks
-                self._engine.post(self._create_datasets, t, c, refs)
                 stream = self._engine.open_stream(
                     (t, c), dtype=self.dtype, levels=self._specs, datasets=refs, codec=self.codec,
                     rule="imaris", histograms=True, on_level_done=self._level_done,
                     observers={self._thumb_level: self._thumb[c].add} if t == 0 else None,
                     label=f"{self.path.name} t={t} c={c}",
                 )
+                # FIFO: the writer creates the datasets before it stores any of their chunks,
+                # which only exist once this call has returned
+                self._engine.post(self._create_datasets, t, c, refs)
                 self._streams[(t, c)] = stream
         return stream
 
