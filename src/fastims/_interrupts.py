@@ -1,13 +1,13 @@
-"""Hold Ctrl-C (and any other Python signal handler) across the engine's bookkeeping steps.
+"""Hold Ctrl-C (and any other Python signal handler) across the engine's bookkeeping.
 
 Python runs signal handlers in the main thread between any two bytecodes, so a
 ``KeyboardInterrupt`` (or an exception raised by an application's handler, e.g. a SIGALRM
-timeout) can land between "a task was counted" and "the task was queued", and the engine
-would then wait at ``close()`` for a task that never runs. Inside :func:`hold_interrupts`
-such signals are recorded instead, and the handlers that were installed run when the block
-ends (for SIGINT's default handler: ``KeyboardInterrupt`` is raised there). Long waits
-(back-pressure) stay interruptible: callers hold only the few microseconds that must not be
-split.
+timeout) can land between "a task was counted" and "the task was queued", or inside a
+``with lock:`` before the lock is released, and the engine would then wait at ``close()``
+for a task that never runs. Inside :func:`hold_interrupts` such signals are recorded
+instead; the handlers that were installed run at the block's ``checkpoint()`` calls, which
+callers place where nothing is half done (the back-pressure wait, after a frame's copy), or
+when the block ends (for SIGINT's default handler: ``KeyboardInterrupt`` is raised there).
 """
 
 from __future__ import annotations
