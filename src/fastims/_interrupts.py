@@ -43,11 +43,6 @@ class _Held:
             self.handlers[signum](signum, frame)
 
 
-class _NotHeld(_Held):
-    def checkpoint(self) -> None:
-        pass
-
-
 @contextmanager
 def hold_interrupts() -> Iterator[_Held]:
     """Defer Python-level signal handlers until the block ends; a no-op outside the main thread.
@@ -59,7 +54,7 @@ def hold_interrupts() -> Iterator[_Held]:
     """
     global _current
     if threading.current_thread() is not threading.main_thread():
-        yield _NotHeld()
+        yield _Held()  # nothing is caught here: signals only reach the main thread
         return
     if _current is not None:
         yield _current

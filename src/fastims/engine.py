@@ -760,13 +760,19 @@ class Engine:
     def _put(self, item: tuple) -> None:
         if self._closed:
             raise WriterStateError("the engine is closed")
-        # counted and queued as one step: a count without its item would make wait() and
-        # close() wait for ever (hold_interrupts: a Ctrl-C lands after both)
+        self._counted(lambda: self._queue.put(item))
+
+    def _counted(self, start: Callable[[], Any]) -> None:
+        """Count one pending item and `start` it, as one step.
+
+        A count without its item would make wait() and close() wait for ever: a Ctrl-C is
+        held until both are done, and a failed start takes its count back.
+        """
         with hold_interrupts():
             with self._cv:
                 self._pending += 1
             try:
-                self._queue.put(item)
+                start()
             except BaseException:
                 self._done_one()
                 raise
@@ -853,14 +859,7 @@ class Engine:
     # -- tasks -------------------------------------------------------------------------------
 
     def _submit(self, fn: Callable[..., None], *args: Any) -> None:
-        with hold_interrupts():  # as in _put: never a count without its task
-            with self._cv:
-                self._pending += 1
-            try:
-                self._pool.submit(self._run, fn, args)
-            except BaseException:
-                self._done_one()
-                raise
+        self._counted(lambda: self._pool.submit(self._run, fn, args))
 
     def _run(self, fn: Callable[..., None], args: tuple) -> None:
         try:
